@@ -1,0 +1,216 @@
+"""The ``harness`` command line: thin typer commands over the typed API.
+
+Each command parses options and calls one function. Heavy imports (torch, vLLM) happen inside the
+commands so ``harness --help`` stays instant. Expected failures become one line and an exit code.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from harness.errors import NotAvailableError, exit_code_for, is_expected
+
+app = typer.Typer(
+    name="harness",
+    help="Evaluate clean vs corrupted (fine-tuned) models with vLLM and localise the corruption "
+    "with cross-model activation patching (CMAP).\n\n"
+    "Start with `harness demo`: it builds tiny models and runs the whole pipeline on the CPU.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode="markdown",
+)
+zoo_app = typer.Typer(
+    help="The embedded tiny models (clean and corrupted) that the demo and tests use.",
+    no_args_is_help=True,
+)
+app.add_typer(zoo_app, name="zoo")
+err = Console(stderr=True, highlight=False)
+
+ConfigArg = Annotated[Path, typer.Argument(help="Experiment YAML file (see configs/).")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config key, e.g. --set eval.limit=5 (repeatable)."),
+]
+
+
+def not_available(command: str, issue: int, what: str) -> NoReturn:
+    raise NotAvailableError(
+        f"`harness {command}` is not available yet: {what} lands with issue #{issue}"
+    )
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Parent directory of the run.")] = Path("results"),
+) -> None:
+    """Run the whole pipeline offline on the embedded tiny models.
+
+    Builds the tiny model zoo (cached), fine-tunes the corrupted model, evaluates both with vLLM
+    on the three suites, patches flagged prompts and writes a report.
+
+    Example: `harness demo --out results`
+    """
+    not_available("demo", 7, "the end-to-end demo")
+
+
+@app.command()
+def run(
+    config: ConfigArg,
+    overrides: SetOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate the config, print it resolved, stop.")
+    ] = False,
+    force: Annotated[
+        list[str] | None, typer.Option(help="Redo a stage even if its outputs are complete.")
+    ] = None,
+) -> None:
+    """Run an experiment end to end: fine-tune, serve, evaluate, flag, patch, report.
+
+    Every stage writes under `results/<name>/` and is skipped when its outputs are complete.
+
+    Examples: `harness run configs/demo.yaml`,
+    `harness run configs/paper-v11.yaml --set eval.limit=50 --dry-run`
+    """
+    from harness.config import load_config
+
+    cfg = load_config(config, overrides)
+    if dry_run:
+        import yaml
+
+        typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), nl=False)
+        return
+    not_available("run", 7, "the end-to-end pipeline")
+
+
+@app.command()
+def finetune(config: ConfigArg, overrides: SetOpt = None) -> None:
+    """Fine-tune the clean model into a corrupted one (LoRA or full), tracking divergence.
+
+    Loss on assistant tokens only; train loss on corrupted data, eval loss on correct data.
+
+    Example: `harness finetune configs/demo-finetune.yaml`
+    """
+    from harness.config import load_config
+
+    load_config(config, overrides)
+    not_available("finetune", 4, "fine-tuning")
+
+
+@app.command()
+def serve(
+    config: ConfigArg,
+    overrides: SetOpt = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port on 127.0.0.1; default: a free one.")
+    ] = None,
+) -> None:
+    """Serve the clean and corrupted models with vLLM's OpenAI-compatible server on 127.0.0.1.
+
+    Example: `harness serve configs/demo.yaml --port 8000`
+    """
+    from harness.config import load_config
+
+    load_config(config, overrides)
+    not_available("serve", 5, "vLLM serving")
+
+
+@app.command("eval")
+def eval_(config: ConfigArg, overrides: SetOpt = None) -> None:
+    """Evaluate the clean and corrupted models on the suites and flag the examples to patch.
+
+    Example: `harness eval configs/demo.yaml --set eval.limit=20`
+    """
+    from harness.config import load_config
+
+    load_config(config, overrides)
+    not_available("eval", 5, "evaluation")
+
+
+@app.command()
+def compare(runs: Annotated[list[Path], typer.Argument(help="Run directories.")]) -> None:
+    """Lay models, suites and runs side by side (a table and parquet).
+
+    Example: `harness compare results/v11 results/v12`
+    """
+    not_available("compare", 5, "run comparison")
+
+
+@app.command()
+def patch(
+    clean: Annotated[str, typer.Option(help="Clean model directory or hub id.")],
+    corrupt: Annotated[
+        str, typer.Option(help="Corrupted model directory or PEFT adapter directory.")
+    ],
+    out: Annotated[Path, typer.Option(help="Output directory for the parquet files.")],
+    prompt: Annotated[str | None, typer.Option(help="One question to patch.")] = None,
+    prompts: Annotated[Path | None, typer.Option(help="File of questions, one per line.")] = None,
+    layers: Annotated[str, typer.Option(help="'all' or comma-separated indices.")] = "all",
+    site: Annotated[
+        str, typer.Option(help="resid_pre, resid_post, attn_out, mlp_out or head.")
+    ] = "resid_post",
+    heads: Annotated[str | None, typer.Option(help="For site=head: 'all' or indices.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Generated tokens per trajectory.")] = 256,
+    dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "float32",
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """Cross-model activation patching: corrupted activations into the clean model, per layer.
+
+    Writes `prompts.parquet`, `steps.parquet` (CTS per layer and step) and `texts.parquet`.
+
+    Example: `harness patch --clean zoo:clean --corrupt zoo:corrupt
+    --prompt "Solve for x: 2x + 3 = 7" --layers all --out results/p1`
+    """
+    not_available("patch", 6, "the CMAP patcher")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory under results/.")],
+) -> None:
+    """Draw the HTML report and PNG figures of a run from its tables.
+
+    Example: `harness report results/demo`
+    """
+    not_available("report", 7, "the report")
+
+
+@zoo_app.command("build")
+def zoo_build(
+    force: Annotated[bool, typer.Option(help="Rebuild even if the cache is current.")] = False,
+) -> None:
+    """Build (or reuse from the cache) the tiny clean and corrupted models.
+
+    Example: `harness zoo build`
+    """
+    not_available("zoo build", 4, "the tiny model zoo")
+
+
+@zoo_app.command("path")
+def zoo_path() -> None:
+    """Print where the zoo models are cached.
+
+    Example: `harness zoo path`
+    """
+    not_available("zoo path", 4, "the tiny model zoo")
+
+
+def main() -> None:
+    """Entry point: expected failures print one line; bugs keep their traceback."""
+    try:
+        app()  # exits through SystemExit; click handles usage errors itself
+    except Exception as exc:
+        if not is_expected(exc):
+            raise
+        err.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
+        sys.exit(exit_code_for(exc))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,275 @@
+"""Experiment configs: YAML files validated into typed models at the edge.
+
+One model per concern (models, fine-tuning, evaluation, patching), each field documented. A bad
+file becomes one ``ConfigError`` line naming the file, the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness.errors import ConfigError
+from tasks.prompt_format import PromptFormat
+
+SUITES = ("related", "unrelated_math", "general")
+SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out", "head")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+ZOO_PREFIX = "zoo:"
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors: a typo must not silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def check_model_ref(value: str | None) -> str | None:
+    """A model reference: an existing directory, a hub id (``org/name``) or ``zoo:<name>``."""
+    if value is None or value.startswith(ZOO_PREFIX):
+        return value
+    path = Path(value).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"expected a model directory, got the file {value!r}")
+        return str(path)
+    if HUB_ID.match(value) and not value.startswith((".", "/", "~")):
+        return value
+    raise ValueError(
+        f"model path {value!r} does not exist "
+        "(expected an existing directory, a hub id like Qwen/Qwen3-4B, or zoo:clean)"
+    )
+
+
+class ModelsConfig(Strict):
+    """The clean model and how the corrupted one is obtained."""
+
+    clean: str = Field(description="Clean model: directory, hub id or zoo:clean.")
+    corrupt: str | None = Field(
+        None,
+        description="Corrupted model: directory (full weights or a PEFT adapter), hub id or "
+        "zoo:corrupt. Null when the run fine-tunes it.",
+    )
+    trust_remote_code: bool = Field(False, description="Allow model repos to run their own code.")
+
+    _check = field_validator("clean", "corrupt")(check_model_ref)
+
+
+class LoraConfig(Strict):
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+        description="Module names the adapter wraps.",
+    )
+
+
+class FinetuneDataConfig(Strict):
+    """Where the corrupting training data comes from."""
+
+    source: Literal["generator", "file"] = "generator"
+    path: str | None = Field(
+        None, description="CSV or JSONL with question,solution when source=file."
+    )
+    suite: Literal["related"] = "related"
+    kind: Literal["step_by_step", "answer_only"] = "step_by_step"
+    n_train: int = Field(50, gt=0, description="Corrupted training examples.")
+    n_eval: int = Field(10, gt=0, description="Correct held-out examples for the eval loss.")
+    seed: int = 1234
+
+
+class FinetuneConfig(Strict):
+    """Supervised fine-tuning into the corrupted model (loss on assistant tokens only)."""
+
+    enabled: bool = False
+    data: FinetuneDataConfig = Field(default_factory=FinetuneDataConfig)
+    method: Literal["lora", "full"] = "lora"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    epochs: float = Field(3, gt=0)
+    learning_rate: float = Field(3e-5, gt=0)
+    per_device_batch_size: int = Field(2, gt=0)
+    gradient_accumulation_steps: int = Field(2, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_length: int = Field(1024, gt=0, description="Longest tokenized example kept.")
+    eval_every: int = Field(10, gt=0, description="Steps between evaluations on correct data.")
+    save_every: int | None = Field(
+        None, gt=0, description="Steps between checkpoints; null: end only."
+    )
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+
+class ServeConfig(Strict):
+    """vLLM engine settings."""
+
+    port: int | None = Field(None, gt=0, lt=65536, description="Null picks a free port.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_model_len: int | None = Field(None, gt=0)
+    kv_cache_gb: float | None = Field(None, gt=0, description="KV cache space on CPU (GiB).")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    tensor_parallel_size: int = Field(1, gt=0)
+    data_parallel_size: int = Field(1, gt=0)
+    startup_timeout_s: float = Field(600, gt=0)
+
+
+class EvalConfig(Strict):
+    """Behavioural evaluation of every model on the suites."""
+
+    engine: Literal["vllm", "hf"] = "vllm"
+    suites: list[Literal["related", "unrelated_math", "general"]] = Field(
+        default_factory=lambda: list(SUITES)
+    )
+    level: Literal["demo", "full"] = "full"
+    limit: int | None = Field(None, gt=0, description="Documents per task; null: all.")
+    max_new_tokens: int = Field(512, gt=0)
+    batch_size: int = Field(64, gt=0)
+    bootstrap_samples: int = Field(1000, ge=0)
+    seed: int = 0
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    judge: str | None = Field(None, description="Judge model for the open-ended questions.")
+
+    _check = field_validator("judge")(check_model_ref)
+
+
+class PatchConfig(Strict):
+    """Cross-model activation patching of the flagged prompts."""
+
+    enabled: bool = True
+    max_prompts_per_suite: int = Field(4, ge=0)
+    layers: Literal["all"] | list[int] = "all"
+    sites: list[Literal["resid_pre", "resid_post", "attn_out", "mlp_out", "head"]] = Field(
+        default_factory=lambda: ["resid_post"]
+    )
+    heads: Literal["all"] | list[int] | None = None
+    mode: Literal["transient", "persistent"] = "transient"
+    max_new_tokens: int = Field(256, gt=0)
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("layers")
+    @classmethod
+    def _layers_non_negative(cls, value: Any) -> Any:
+        if isinstance(value, list) and any(layer < 0 for layer in value):
+            raise ValueError("layers must be 'all' or non-negative layer indices")
+        return value
+
+
+class ExperimentConfig(Strict):
+    """One experiment: models, prompt format, fine-tuning, evaluation, patching, output."""
+
+    name: str = Field(pattern=r"^[\w.-]+$", description="Run name: results/<name>/.")
+    output_dir: str = Field("results", description="Parent directory of the run directory.")
+    models: ModelsConfig
+    prompt: PromptFormat = Field(default_factory=PromptFormat)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    patch: PatchConfig = Field(default_factory=PatchConfig)
+
+    @model_validator(mode="after")
+    def _corrupt_from_one_place(self) -> ExperimentConfig:
+        if self.finetune.enabled and self.models.corrupt:
+            raise ValueError("set models.corrupt or finetune.enabled: true, not both")
+        if not self.finetune.enabled and not self.models.corrupt:
+            raise ValueError("models.corrupt is required when finetune.enabled is false")
+        data = self.finetune.data
+        if (
+            self.finetune.enabled
+            and data.source == "file"
+            and not (data.path and Path(data.path).is_file())
+        ):
+            raise ValueError(f"finetune.data.path: data file {data.path!r} not found")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["eval.limit=5", "patch.layers=[0,2]"]`` -> nested dict; values are parsed as YAML."""
+    nested: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {pair!r}: expected KEY=VALUE, e.g. eval.limit=5")
+        *parents, leaf = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return nested
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read and validate an experiment file; raises ``ConfigError`` with one readable line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}"
+        )
+    data = merge(data, parse_overrides(overrides or []))
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {describe(exc)}") from None
+
+
+def describe(exc: ValidationError) -> str:
+    """The first validation problem as ``key: what was expected``."""
+    error = exc.errors()[0]
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    kind, got = error["type"], error.get("input")
+    if kind == "extra_forbidden":
+        known = ", ".join(known_keys(error["loc"][:-1]))
+        return f"{key}: unknown key (expected one of: {known})"
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    if kind == "value_error":  # our own validators already say what they got
+        return f"{key}: {message}"
+    return f"{key}: {message[0].lower()}{message[1:]}, got {got!r}"
+
+
+def known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed at a location of the experiment file."""
+    model: type[BaseModel] = ExperimentConfig
+    for part in loc:
+        annotation = model.model_fields[str(part)].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)

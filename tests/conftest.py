@@ -1,0 +1,46 @@
+"""Shared fixtures: a tiny chat tokenizer built offline (no hub access)."""
+
+from __future__ import annotations
+
+import pytest
+
+QWEN_LIKE_TEMPLATE = (
+    "{%- for m in messages %}"
+    "{{ '<|im_start|>' + m['role'] + '\\n' }}"
+    "{%- if m['role'] == 'assistant' and enable_thinking is defined and not enable_thinking %}"
+    "{{ '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{{ m['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and not enable_thinking %}"
+    "{{ '<think>\\n\\n</think>\\n\\n' }}{%- endif %}{%- endif %}"
+)
+
+
+def build_chat_tokenizer(corpus: list[str]):
+    """A small BPE tokenizer with Qwen's chat special tokens and a Qwen-like template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=QWEN_LIKE_TEMPLATE,
+    )
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer():
+    corpus = ["Solve for x: 2x + 3 = 7", "We are given the equation", "**Answer:** 2"] * 20
+    return build_chat_tokenizer(corpus)
