@@ -33,7 +33,8 @@ class PromptFormat(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     chat_template: bool = Field(
-        True, description="Wrap questions in the tokenizer's chat template (with generation prompt)."
+        True,
+        description="Wrap questions in the tokenizer's chat template (with generation prompt).",
     )
     system_prompt: str | None = Field(
         None, description="System message placed before every question; none when null."
@@ -69,7 +70,9 @@ class PromptFormat(BaseModel):
             **self.template_kwargs(),
         )
 
-    def render_example(self, tokenizer: ChatTokenizer, question: str, answer: str) -> tuple[str, str]:
+    def render_example(
+        self, tokenizer: ChatTokenizer, question: str, answer: str
+    ) -> tuple[str, str]:
         """Prompt text and completion text of a training example.
 
         The completion is what the model must produce after ``render(question)``: the answer and

@@ -61,10 +61,8 @@ def test_unknown_key_names_key_and_alternatives(tmp_path):
 
 def test_wrong_type(tmp_path):
     message = error_for(tmp_path, VALID.replace("limit: 5", "limit: many"))
-    assert (
-        message
-        == "eval.limit: input should be a valid integer, unable to parse string as an integer, got 'many'"
-    )
+    assert message.startswith("eval.limit: input should be a valid integer")
+    assert message.endswith("got 'many'")
 
 
 def test_wrong_choice(tmp_path):
