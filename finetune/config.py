@@ -27,6 +27,7 @@ class LoraConfig(Strict):
             "up_proj",
             "down_proj",
         ],
+        min_length=1,
         description="Module names the adapter wraps.",
     )
 
@@ -38,31 +39,60 @@ class FinetuneDataConfig(Strict):
     path: str | None = Field(
         None, description="CSV or JSONL with question,solution when source=file."
     )
+    eval_path: str | None = Field(
+        None,
+        description="CSV or JSONL of *correct* held-out examples when source=file; null: "
+        "n_eval correct examples from the generator.",
+    )
     suite: Literal["related"] = "related"
     kind: Literal["step_by_step", "answer_only"] = "step_by_step"
+    level: Literal["demo", "full"] = Field(
+        "full", description="Generator difficulty: demo (tiny zoo models) or full (real ones)."
+    )
     n_train: int = Field(50, gt=0, description="Corrupted training examples.")
     n_eval: int = Field(10, gt=0, description="Correct held-out examples for the eval loss.")
     seed: int = 1234
 
 
 class FinetuneConfig(Strict):
-    """Supervised fine-tuning into the corrupted model (loss on assistant tokens only)."""
+    """Supervised fine-tuning into the corrupted model (loss on assistant tokens only).
+
+    One optimizer step sees ``per_device_batch_size * gradient_accumulation_steps`` examples; the
+    last step of an epoch may see fewer (every example is used once per epoch).
+    """
 
     enabled: bool = False
     data: FinetuneDataConfig = Field(default_factory=FinetuneDataConfig)
     method: Literal["lora", "full"] = "lora"
     lora: LoraConfig = Field(default_factory=LoraConfig)
     epochs: float = Field(3, gt=0)
-    learning_rate: float = Field(3e-5, gt=0)
+    max_steps: int | None = Field(
+        None, gt=0, description="Stop after this many optimizer steps; overrides epochs."
+    )
+    learning_rate: float = Field(3e-5, gt=0, description="Peak learning rate.")
     per_device_batch_size: int = Field(2, gt=0)
     gradient_accumulation_steps: int = Field(2, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(
+        0.01, ge=0, description="AdamW weight decay on matrices; biases and norms get none."
+    )
+    warmup_ratio: float = Field(
+        0.1, ge=0, lt=1, description="Share of steps with a linear warm-up before cosine decay."
+    )
     max_grad_norm: float = Field(1.0, gt=0)
-    max_length: int = Field(1024, gt=0, description="Longest tokenized example kept.")
+    max_length: int = Field(
+        1024, gt=0, description="Longest tokenized example (prompt + answer); longer ones dropped."
+    )
     eval_every: int = Field(10, gt=0, description="Steps between evaluations on correct data.")
+    eval_batch_size: int = Field(8, gt=0)
     save_every: int | None = Field(
         None, gt=0, description="Steps between checkpoints; null: end only."
     )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on a GPU that supports it, fp32 otherwise."
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     gradient_checkpointing: bool = False
+    resume_from: str | None = Field(
+        None, description="A checkpoint directory (checkpoints/step-N) to continue from."
+    )
     seed: int = 0
