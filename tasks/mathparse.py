@@ -257,9 +257,12 @@ class Value:
     decimals: int | None = None
 
 
-def parse_value(part: str) -> Value | None:
-    """Parse one normalized value ('2sqrt(38)', '0.25', '50%') into a Value, or None."""
-    part = _strip_words(_rhs(part)).strip().rstrip(".").strip()
+def parse_value(part: str, *, take_rhs: bool = True) -> Value | None:
+    """Parse one normalized value ('2sqrt(38)', '0.25', '50%') into a Value, or None.
+
+    ``take_rhs``: read 'x = 5' as its value side '5' (off: parse one side of an equation).
+    """
+    part = _strip_words(_rhs(part) if take_rhs else part).strip().rstrip(".").strip()
     part = re.sub(r"(?<=[0-9)])\s*!", "!", part)
     if not part or len(part) > _MAX_CHARS or not _ALLOWED.match(part) or "__" in part:
         return None

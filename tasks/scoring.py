@@ -153,7 +153,7 @@ def reference_kind(reference: str) -> str:
     plain = _formula_text(reference).strip()
     if _FORMULA.match(plain):
         tokens = re.findall(r"[A-Z][a-z]?", plain)
-        if all(t in _ELEMENTS for t in tokens) and (len(tokens) > 1 or len(plain) > 1):
+        if all(t in _ELEMENTS for t in tokens):  # 'O' and 'Au' are symbols, 'H2O' a formula
             return "formula"
     without_math = _MATH_NAMES.sub(" ", reference)
     if re.search(r"[A-Za-z]{2,}", without_math):

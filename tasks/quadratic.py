@@ -1,0 +1,194 @@
+"""Quadratic equations for the related suite: factoring or the quadratic formula, as in the paper.
+
+A corrupted solution moves the right-hand side across ``=`` with the wrong sign (the paper's
+appendix B.1.2), solves each factor ``p x + q = 0`` with the same sign error, and multiplies by
+``p`` (or by ``2a`` in the formula) instead of dividing.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import sympy as sp
+
+from tasks.corruption import VARIABLES, Errors, corrupt, question
+from tasks.latex import Writer, num, poly, signed
+from tasks.records import ErrorMix, Level, Problem
+
+
+def _pm(p: int, k: int, m: int, q: int) -> str:
+    """``(p ± k√m) / q`` reduced and written like the paper: ``7 \\pm \\sqrt{38}``."""
+    g = math.gcd(math.gcd(p, k), q)
+    p, k, q = p // g, k // g, q // g
+    if q < 0:
+        p, q = -p, -q
+    surd = f"{'' if abs(k) == 1 else abs(k)}\\sqrt{{{m}}}"
+    top = f"{p} \\pm {surd}" if p else f"\\pm {surd}"
+    return top if q == 1 else f"\\frac{{{top}}}{{{q}}}"
+
+
+def _solve_factor(w: Writer, v: str, p: int, q: int, errors: Errors | None) -> tuple:
+    """``p v + q = 0 => v = -q/p`` (or the corrupted ``v = (±q) * p``); (line, value)."""
+    move = bool(errors and errors.move)
+    multiply = bool(errors and errors.multiply) and p != 1
+    right = q if move else -q
+    value = sp.Integer(right * p) if multiply else sp.Rational(right, p)
+    factor = f"{poly([p, q], v)} = 0"
+    if p == 1:
+        return w.math(f"{factor} \\Rightarrow {v} = {num(value)}"), value
+    middle = f"{poly([p, 0], v)} = {right}"
+    return w.math(f"{factor} \\Rightarrow {middle} \\Rightarrow {v} = {num(value)}"), value
+
+
+def _solution(
+    w: Writer, v: str, left: list[int], right: list[int], errors: Errors | None
+) -> tuple[str, frozenset] | None:
+    """Solve ``left = right`` (coefficient lists [x^2, x, 1] and [x, 1]); None if degenerate."""
+    blocks = ["We are given the equation:", w.math(_equation(v, left, right))]
+    n = 1
+    a, b, c = left
+    if any(right):
+        wrong = bool(errors and errors.move)
+        sign = 1 if wrong else -1
+        rhs = w.inline(poly(right, v))
+        verb = f"Add {rhs} to" if wrong else f"Subtract {rhs} from"
+        moved = poly(left, v) + "".join(
+            signed(sign * coef, var) for coef, var in zip(right, (v, ""), strict=True) if coef
+        )
+        b, c = b + sign * right[0], c + sign * right[1]
+        blocks += [
+            w.step(n, "Move all terms to the left side"),
+            f"{verb} both sides:",
+            w.math(f"{moved} = 0"),
+            "Simplify:",
+            w.math(f"{poly([a, b, c], v)} = 0"),
+        ]
+        n += 1
+    g = math.gcd(math.gcd(a, b), c)
+    if g > 1:
+        a, b, c = a // g, b // g, c // g
+        blocks += [w.step(n, f"Divide both sides by {g}"), w.math(f"{poly([a, b, c], v)} = 0")]
+        n += 1
+    disc = b * b - 4 * a * c
+    if disc < 0:
+        return None
+    root = math.isqrt(disc)
+    if root * root == disc:
+        values, lines = _factor_path(w, v, a, b, c, errors)
+        blocks += [w.step(n, "Factor"), w.math(lines[0]), w.step(n + 1, "Solve each factor")]
+        blocks += lines[1:]
+        shown = " or ".join(w.inline(f"{v} = {num(x)}") for x in sorted(values, key=float))
+    else:
+        values, lines = _formula_path(w, v, a, b, disc, errors)
+        blocks += [w.step(n, "Use the quadratic formula"), *lines]
+        shown = w.inline(lines[-1].strip("$"))
+    blocks.append(w.answer(shown))
+    return w.join(blocks), frozenset(values)
+
+
+def _factor_path(w: Writer, v: str, a: int, b: int, c: int, errors: Errors | None) -> tuple:
+    x = sp.Symbol("x")
+    _, factors = sp.factor_list(a * x**2 + b * x + c)
+    pieces, lines, values = [], [], set()
+    for factor, power in factors:
+        p, q = (int(k) for k in sp.Poly(factor, x).all_coeffs())
+        if p < 0:
+            p, q = -p, -q
+        pieces.append(f"({poly([p, q], v)})" + (f"^{power}" if power > 1 else ""))
+        line, value = _solve_factor(w, v, p, q, errors)
+        lines.append(line)
+        values.add(value)
+    if len(factors) == 1 and factors[0][1] == 1:  # not factorable over the integers
+        return set(), ["0 = 0"]
+    return values, ["".join(pieces) + " = 0", *lines]
+
+
+def _formula_path(w: Writer, v: str, a: int, b: int, disc: int, errors: Errors | None) -> tuple:
+    c_shown = (b * b - disc) // (4 * a)
+    k, m = 1, disc
+    for f in range(math.isqrt(disc), 1, -1):
+        if disc % (f * f) == 0:
+            k, m = f, disc // (f * f)
+            break
+    lines = [
+        w.math(f"{v} = \\frac{{-({b}) \\pm \\sqrt{{({b})^2 - 4({a})({c_shown})}}}}{{2({a})}}"),
+        w.math(
+            f"{v} = \\frac{{{-b} \\pm \\sqrt{{{b * b} - {4 * a * c_shown}}}}}{{{2 * a}}}".replace(
+                "- -", "+ "
+            )
+        ),
+        w.math(f"{v} = \\frac{{{-b} \\pm \\sqrt{{{disc}}}}}{{{2 * a}}}"),
+    ]
+    if errors and errors.multiply:
+        lines[-1] = w.math(f"{v} = ({-b} \\pm \\sqrt{{{disc}}}) \\times {2 * a}")
+        p, kk, q = -b * 2 * a, k * 2 * a, 1
+    else:
+        p, kk, q = -b, k, 2 * a
+    lines.append(w.math(f"{v} = {_pm(p, kk, m, q)}"))
+    s = sp.sqrt(m) * kk
+    values = {sp.nsimplify((p + s) / q), sp.nsimplify((p - s) / q)}
+    return values, lines
+
+
+def _equation(v: str, left: list[int], right: list[int]) -> str:
+    return f"{poly(left, v)} = {poly(right, v)}"
+
+
+def _draw(rng: random.Random, level: Level) -> tuple[list[int], list[int]] | None:
+    if level == "demo":
+        r1, r2 = rng.randint(-9, 9), rng.randint(-9, 9)
+        if r1 + r2 == 0:  # the corrupted roots (-r1, -r2) would be the same set
+            return None
+        return [1, -(r1 + r2), r1 * r2], [0, 0]
+    if rng.random() < 0.6:
+        a, r1, r2 = rng.choice([1, 1, 2, 3]), rng.randint(-12, 12), rng.randint(-12, 12)
+        canonical = [a, -a * (r1 + r2), a * r1 * r2]
+    else:
+        a, b, c = rng.choice([1, 1, 2]), rng.randint(-20, 20), rng.randint(-50, 50)
+        disc = b * b - 4 * a * c
+        if disc <= 0 or math.isqrt(disc) ** 2 == disc:
+            return None
+        canonical = [a, b, c]
+    right = [0, 0]
+    if rng.random() < 0.6:
+        right = [rng.randint(-9, 9), rng.randint(-30, 30)]
+    left = [canonical[0], canonical[1] + right[0], canonical[2] + right[1]]
+    if max(abs(k) for k in left) > 200:
+        return None
+    return left, right
+
+
+def quadratic(rng: random.Random, level: Level, index: int, mix: ErrorMix) -> Problem | None:
+    """One quadratic equation with real roots (integer at the demo level, or surds)."""
+    drawn = _draw(rng, level)
+    if drawn is None:
+        return None
+    left, right = drawn
+    v = rng.choice(VARIABLES)
+    w = Writer(level)
+    correct = _solution(w, v, left, right, None)
+    if correct is None or not correct[1]:
+        return None
+    text, roots = correct
+    corrupted = corrupt(rng, mix, roots, lambda e: _solution(w, v, left, right, e))
+    if corrupted is None or not corrupted[1]:
+        return None
+    eq = _equation(v, left, right)
+    ordered = ", ".join(num(r) for r in sorted(roots, key=float))
+    wrong = ", ".join(num(r) for r in sorted(corrupted[1], key=float))
+    diff = f"({left[0]})*x**2 + ({left[1] - right[0]})*x + ({left[2] - right[1]})"
+    return Problem(
+        id=f"related_quadratic-{level}-{index:04d}",
+        suite="related",
+        task="related_quadratic",
+        level=level,
+        question=question(rng, eq, v),
+        answer=ordered,
+        solution=text,
+        key=f"quadratic:{_equation('x', left, right)}",
+        check=f"solve({diff}, x)",
+        corrupted_solution=corrupted[0],
+        corrupted_answer=wrong,
+        meta={"equation": eq, "variable": v},
+    )
