@@ -1,0 +1,51 @@
+"""Model references: directories, hub ids, zoo names and PEFT adapters, resolved in one place."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from harness.config import ZOO_PREFIX
+from harness.errors import HarnessError, NotAvailableError
+
+
+def resolve(ref: str) -> str:
+    """A loadable path or hub id for a config's model reference."""
+    if ref.startswith(ZOO_PREFIX):
+        raise NotAvailableError(f"{ref}: the tiny model zoo lands with issue #4")
+    return ref
+
+
+def is_adapter(path: str | Path) -> bool:
+    """A PEFT adapter directory (as opposed to full weights)."""
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def adapter_config(path: str | Path) -> dict:
+    try:
+        return json.loads((Path(path) / "adapter_config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise HarnessError(f"{path}: unreadable adapter_config.json ({exc})") from None
+
+
+def merge_adapter(base: str, adapter: str | Path, out_dir: Path, trust_remote_code: bool) -> Path:
+    """Base + adapter merged into full weights, saved once (atomically) under ``out_dir``."""
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        base, dtype=torch.float32, trust_remote_code=trust_remote_code
+    )
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    merged.save_pretrained(tmp)
+    tokenizer_source = adapter if (Path(adapter) / "tokenizer_config.json").is_file() else base
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(out_dir)
+    return out_dir
