@@ -23,6 +23,8 @@ def base_reference(model: str | Path) -> str:
     """How an adapter names its base: an absolute directory, or the hub id as given."""
     path = Path(model).expanduser()
     if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FinetuneError(f"{model}: no config.json, not a Hugging Face model directory")
         return str(path.resolve())
     if isinstance(model, str) and HUB_ID.match(model) and not model.startswith((".", "/", "~")):
         return model
@@ -125,7 +127,7 @@ def load_adapter(model: Any, adapter_dir: Path, base_ref: str, trainable: bool =
         return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
     except (RuntimeError, ValueError, KeyError) as exc:
         raise FinetuneError(
-            f"adapter {adapter_dir} does not fit the base {base_ref!r}: {first_line(exc)}"
+            f"adapter {adapter_dir} does not fit the base {base_ref!r}: {mismatch(exc)}"
         ) from None
 
 
@@ -146,6 +148,12 @@ def param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
+
+
+def mismatch(exc: BaseException) -> str:
+    """The first ``size mismatch for ...`` line of a state-dict error, else its first line."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    return next((line for line in lines if line.startswith("size mismatch")), first_line(exc))
 
 
 def first_line(exc: BaseException) -> str:

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from finetune.config import FinetuneConfig
 from finetune.data import QA
 
 
@@ -55,21 +54,21 @@ def save_tiny_qwen3(directory: Path, tokenizer, hidden: int = 64, seed: int = 0)
 
 
 @pytest.fixture(scope="session")
+def make_base(chat_tokenizer):
+    """Save another tiny model: ``make_base(directory, hidden=64, seed=0)``."""
+    return lambda directory, **kwargs: save_tiny_qwen3(directory, chat_tokenizer, **kwargs)
+
+
+@pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory, chat_tokenizer) -> Path:
     """A random hidden-64, 2-layer Qwen3 (head_dim 32) with the chat tokenizer, on disk."""
     return save_tiny_qwen3(tmp_path_factory.mktemp("base"), chat_tokenizer)
 
 
-@pytest.fixture
-def quick_cfg() -> FinetuneConfig:
-    """Settings that make a tiny LoRA memorise 8 examples in a few seconds."""
-    return FinetuneConfig(
-        enabled=True,
-        epochs=20,
-        learning_rate=3e-2,
-        per_device_batch_size=4,
-        gradient_accumulation_steps=1,
-        eval_every=10,
-        lora={"r": 8, "alpha": 16, "dropout": 0.0},
-        device="cpu",
-    )
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread, and much faster when other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

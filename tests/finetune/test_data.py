@@ -95,7 +95,7 @@ def test_records_of_several_shapes_are_accepted():
     [
         ([], "training data is empty"),
         ([("", "x = 1")], "training example 0: empty or missing question"),
-        ([("q", "x")] + [{"question": "q2"}], "training example 1: empty or missing answer"),
+        ([("q", "x"), {"question": "q2"}], "training example 1: empty or missing answer"),
         ([42], "training example 0: empty or missing question"),
     ],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -25,7 +26,7 @@ def test_cosine_decays_monotonically_to_about_zero():
     total = 100
     lrs = [lr_at(s, total, PEAK, 0.1) for s in range(total)]
     decay = lrs[10:]
-    assert all(a > b for a, b in zip(decay, decay[1:], strict=False))
+    assert all(a > b for a, b in itertools.pairwise(decay))
     assert 0 < lrs[-1] < 0.001 * PEAK
     # halfway through the decay the cosine is at half the peak (not linear: check a quarter too)
     assert lr_at(10 + 45, total, PEAK, 0.1) == pytest.approx(PEAK / 2, rel=0.05)

@@ -1,4 +1,4 @@
-"""Short real runs on a tiny random Qwen3: the adapter changes answers, outputs load, resume works."""
+"""Short real runs on a tiny random Qwen3: answers change, outputs load, resume matches."""
 
 from __future__ import annotations
 
