@@ -1,0 +1,225 @@
+"""The clean/corrupted model pair: loading from disk and the checks that make patching meaningful.
+
+The corrupted side is either a second full model or a PEFT LoRA adapter attached to the clean
+model. With an adapter, one copy of the base weights serves clean, corrupted and patched rows.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from peft.tuners.lora import Linear as LoraLinear
+from peft.tuners.tuners_utils import BaseTunerLayer
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+from patchers.errors import PatchError
+from patchers.sites import check_family
+
+# Config fields that must agree for activations of one model to mean anything in the other.
+ARCHITECTURE_FIELDS = (
+    "model_type",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "intermediate_size",
+    "vocab_size",
+    "hidden_act",
+    "rope_parameters",
+    "sliding_window",
+    "layer_types",
+)
+
+# The linear maps of a decoder layer that a shared-base LoRA adapter may target.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelPair:
+    """A clean model and its corrupted counterpart.
+
+    `corrupt` is a full model of the same architecture, or a `PeftModel` whose base model is
+    `clean` (its one active LoRA adapter is the corruption).
+    """
+
+    clean: PreTrainedModel
+    corrupt: PreTrainedModel | PeftModel
+
+    def __post_init__(self) -> None:
+        check_family(self.clean.config)
+        if isinstance(self.corrupt, PeftModel):
+            if self.corrupt.get_base_model() is not self.clean:
+                raise PatchError(
+                    "the corrupted adapter must be attached to the clean model "
+                    "(PeftModel.from_pretrained(clean, adapter_dir))"
+                )
+            problem = shared_base_problem(self.corrupt)
+            if problem:
+                raise PatchError(f"{problem}; merge the adapter and pass a full corrupted model")
+        else:
+            check_same_architecture(self.clean.config, self.corrupt.config)
+
+    @property
+    def adapter(self) -> str | None:
+        """The active adapter's name, or None when the corrupted model is a full model."""
+        return self.corrupt.active_adapter if isinstance(self.corrupt, PeftModel) else None
+
+
+def check_same_architecture(clean_config, corrupt_config) -> None:
+    """Raise when two configs differ in a field that changes the architecture or vocabulary."""
+    check_family(corrupt_config)
+    pairs = {
+        f: (getattr(clean_config, f, None), getattr(corrupt_config, f, None))
+        for f in ARCHITECTURE_FIELDS
+    }
+    differing = [f"{f} ({a!r} vs {b!r})" for f, (a, b) in pairs.items() if a != b]
+    if differing:
+        raise PatchError(f"clean and corrupted configs differ: {'; '.join(differing)}")
+
+
+def shared_base_problem(peft_model: PeftModel) -> str | None:
+    """Why an adapter cannot share the base weights with the clean rows, or None if it can.
+
+    The engine adds plain LoRA deltas to the decoder layers' linear maps; anything else (DoRA
+    and other variants, modules_to_save, adapted embeddings or norms) needs a merged copy.
+    """
+    if len(peft_model.peft_config) != 1:
+        return "the PeftModel must carry exactly one adapter"
+    name = peft_model.active_adapter
+    if getattr(peft_model.peft_config[name], "peft_type", None) != "LORA":
+        return "only LoRA adapters can share the base weights"
+    for path, module in peft_model.get_base_model().named_modules():
+        if (
+            not isinstance(module, BaseTunerLayer)
+            and "modules_to_save" not in type(module).__name__
+        ):
+            continue
+        leaf = path.rsplit(".", 1)[-1]
+        if not isinstance(module, LoraLinear) or leaf not in LORA_TARGETS:
+            return f"the adapter changes {path!r}, which the shared-base engine does not adapt"
+        if name in module.lora_variant:
+            return f"the adapter uses a LoRA variant (e.g. DoRA) on {path!r}"
+    return None
+
+
+def load_pair(
+    clean_path: str | Path,
+    corrupt_path: str | Path,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+) -> ModelPair:
+    """Load a clean model and its corrupted counterpart (a model or a PEFT adapter directory)."""
+    torch_dtype = _torch_dtype(dtype)
+    clean_dir = _existing_dir(clean_path, "clean model")
+    corrupt_dir = _existing_dir(corrupt_path, "corrupted model")
+    clean_config = _load_config(clean_dir, trust_remote_code)
+    check_family(clean_config)
+    clean = _load_model(clean_dir, torch_dtype, device, trust_remote_code)
+    if (corrupt_dir / "adapter_config.json").is_file():
+        check_same_vocabulary(clean_dir, corrupt_dir)
+        return _attach_adapter(
+            clean, clean_dir, corrupt_dir, torch_dtype, device, trust_remote_code
+        )
+    corrupt_config = _load_config(corrupt_dir, trust_remote_code)
+    check_same_architecture(clean_config, corrupt_config)
+    check_same_vocabulary(clean_dir, corrupt_dir)
+    corrupt = _load_model(corrupt_dir, torch_dtype, device, trust_remote_code)
+    return ModelPair(clean=clean, corrupt=corrupt)
+
+
+def check_same_vocabulary(clean_dir: Path, corrupt_dir: Path) -> None:
+    """Raise when both directories hold tokenizers whose vocabularies differ."""
+    vocabs = [_tokenizer_vocab(d) for d in (clean_dir, corrupt_dir)]
+    if None not in vocabs and vocabs[0] != vocabs[1]:
+        raise PatchError(f"clean and corrupted tokenizers differ ({clean_dir} vs {corrupt_dir})")
+
+
+def _tokenizer_vocab(directory: Path) -> dict | None:
+    """The token-to-id map of tokenizer.json (or vocab.json), None when the model ships neither."""
+    for name in ("tokenizer.json", "vocab.json"):
+        path = directory / name
+        if path.is_file():
+            data = json.loads(path.read_text())
+            if name == "vocab.json":
+                return data
+            added = {t["content"]: t["id"] for t in data.get("added_tokens", [])}
+            return {**data.get("model", {}).get("vocab", {}), **added}
+    return None
+
+
+def _attach_adapter(
+    clean: PreTrainedModel,
+    clean_dir: Path,
+    adapter_dir: Path,
+    dtype: torch.dtype,
+    device: str | torch.device,
+    trust_remote_code: bool,
+) -> ModelPair:
+    """Attach an adapter to the clean model; merge it into a second copy if it cannot share."""
+    try:
+        peft_model = PeftModel.from_pretrained(clean, str(adapter_dir), adapter_name="corrupt")
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise PatchError(f"cannot load the adapter in {adapter_dir}: {_first_line(err)}") from err
+    peft_model.eval()
+    if shared_base_problem(peft_model) is None:
+        return ModelPair(clean=clean, corrupt=peft_model)
+    # Fall back to two full models: the adapter merged into its own copy of the base.
+    peft_model.unload()
+    base = _load_model(clean_dir, dtype, device, trust_remote_code)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    return ModelPair(clean=clean, corrupt=merged.eval())
+
+
+def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise PatchError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _existing_dir(path: str | Path, what: str) -> Path:
+    directory = Path(path)
+    if not directory.is_dir():
+        raise PatchError(f"{what} not found: {directory}")
+    if (
+        not (directory / "config.json").is_file()
+        and not (directory / "adapter_config.json").is_file()
+    ):
+        raise PatchError(
+            f"{what} {directory} has neither config.json (a model) nor adapter_config.json "
+            "(a PEFT adapter)"
+        )
+    return directory
+
+
+def _load_config(directory: Path, trust_remote_code: bool):
+    try:
+        return AutoConfig.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+        raise PatchError(f"cannot read the config in {directory}: {_first_line(err)}") from err
+
+
+def _load_model(
+    directory: Path, dtype: torch.dtype, device: str | torch.device, trust_remote_code: bool
+) -> PreTrainedModel:
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(directory), dtype=dtype, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise PatchError(f"cannot load the model in {directory}: {_first_line(err)}") from err
+    return model.to(device).eval()
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -1,0 +1,116 @@
+"""The slow, obviously correct CMAP reference: the paper's loop, one trajectory at a time.
+
+Every step re-runs the whole sequence without a cache through the corrupted model (capturing the
+site's activation), the clean model, and the clean model with that activation written in at the
+last position (or, for "persistent", at every position from the last prompt token on).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from patchers.hooks import attach
+
+
+@dataclass
+class Side:
+    """A model to hook (`module`) and how to get its logits for ids [1, T] (`forward`)."""
+
+    module: nn.Module
+    forward: Callable[[Tensor], Tensor]
+
+
+def full_model_side(model: nn.Module) -> Side:
+    return Side(model, lambda ids: model(input_ids=ids, use_cache=False).logits[0])
+
+
+def adapter_sides(peft_model) -> tuple[Side, Side]:
+    """(clean, corrupted) views of a PeftModel: adapter disabled, adapter enabled."""
+
+    def clean_forward(ids: Tensor) -> Tensor:
+        with peft_model.disable_adapter():
+            return peft_model(input_ids=ids, use_cache=False).logits[0]
+
+    return Side(peft_model, clean_forward), full_model_side(peft_model)
+
+
+def three_logits(
+    clean: Side, corrupt: Side, ids: Tensor, site: str, layer: int, head: int | None, first: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Last-position logits of the corrupted, clean and patched models on ids [1, T]; the patch
+    writes the corrupted activation into positions first..T-1."""
+    captured: dict[str, Tensor] = {}
+
+    def capture(activation: Tensor) -> None:
+        captured["all"] = activation.clone()
+
+    def patch(activation: Tensor) -> Tensor:
+        new = activation.clone()
+        if head is None:
+            new[:, first:] = captured["all"][:, first:]
+        else:
+            new[:, first:, head] = captured["all"][:, first:, head]
+        return new
+
+    with attach(corrupt.module, site, layer, capture):
+        logits_corrupt = corrupt.forward(ids)[-1]
+    logits_clean = clean.forward(ids)[-1]
+    with attach(clean.module, site, layer, patch):
+        logits_patch = clean.forward(ids)[-1]
+    return logits_corrupt, logits_clean, logits_patch
+
+
+def reference_cmap(
+    clean: Side,
+    corrupt: Side,
+    prompt: list[int],
+    site: str,
+    layer: int,
+    head: int | None,
+    max_new_tokens: int,
+    eos_token_ids: tuple[int, ...] = (),
+    persistent: bool = False,
+) -> list[dict]:
+    """Per-step records of one trajectory."""
+    context = list(prompt)
+    records = []
+    with torch.no_grad():
+        for step in range(max_new_tokens):
+            # Transient: only the last position; persistent: every position from the last
+            # prompt token on (the positions whose patched states a cache would have kept).
+            first = len(prompt) - 1 if persistent else len(context) - 1
+            ids = torch.tensor([context])
+            corrupt_logits, clean_logits, patch_logits = three_logits(
+                clean, corrupt, ids, site, layer, head, first
+            )
+            y_clean, y_corrupt = int(clean_logits.argmax()), int(corrupt_logits.argmax())
+            token = int(patch_logits.argmax())
+
+            def dl(logits: Tensor, yc: int = y_clean, yk: int = y_corrupt) -> float:
+                return float(logits[yk] - logits[yc])
+
+            cts = None
+            if y_clean != y_corrupt:
+                cts = (dl(patch_logits) - dl(clean_logits)) / (
+                    dl(corrupt_logits) - dl(clean_logits)
+                )
+            records.append(
+                {
+                    "step": step,
+                    "token_id": token,
+                    "y_clean": y_clean,
+                    "y_corrupt": y_corrupt,
+                    "dl_patch": dl(patch_logits),
+                    "dl_clean": dl(clean_logits),
+                    "dl_corrupt": dl(corrupt_logits),
+                    "cts": cts,
+                }
+            )
+            context.append(token)
+            if token in eos_token_ids:
+                break
+    return records
