@@ -36,10 +36,10 @@ class Encoded(NamedTuple):
 
 
 def as_examples(records: Iterable[Any], what: str) -> list[QA]:
-    """Pairs, mappings or objects with ``question`` and ``solution`` (or ``answer``) -> QAs.
+    """Pairs, or mappings/objects with ``question`` and a target text -> checked QAs.
 
-    A record with both uses ``solution``: the text the model learns to write (step by step),
-    while ``answer`` is often just the final value.
+    The target is ``completion`` (``tasks`` examples), else ``solution`` (CSV/JSONL rows), else
+    ``answer``: the text the model learns to write, while ``answer`` is often the final value.
     """
     examples = []
     for i, record in enumerate(records):
@@ -48,7 +48,7 @@ def as_examples(records: Iterable[Any], what: str) -> list[QA]:
         else:
             get = record.get if isinstance(record, Mapping) else partial(getattr, record)
             question = get("question", None)
-            answer = get("solution", None) or get("answer", None)
+            answer = get("completion", None) or get("solution", None) or get("answer", None)
         if not (isinstance(question, str) and question.strip()):
             raise FinetuneError(f"{what} example {i}: empty or missing question")
         if not (isinstance(answer, str) and answer.strip()):

@@ -1,20 +1,76 @@
 """Training and held-out examples named by a config: the task generators or a user's file.
 
 The trainer takes plain (question, answer) records; this module is the thin glue that turns a
-``FinetuneDataConfig`` into them. Training data is corrupted; held-out data is always correct.
+``FinetuneDataConfig`` into them. Training data is corrupted; held-out data is always correct,
+and never shares a problem with the training data.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from finetune.config import FinetuneDataConfig
-from finetune.data import QA
+from finetune.data import QA, as_examples
 from finetune.errors import FinetuneError
+
+STYLES = {"step_by_step": "steps", "answer_only": "answer"}
 
 
 def examples_from_config(data: FinetuneDataConfig) -> tuple[list[QA], list[QA]]:
-    """(corrupted training examples, correct held-out examples) for ``data``."""
-    raise FinetuneError(
-        "building fine-tuning data from finetune.data needs the task generators and file "
-        "importer of issue #3 (tasks/), which have not landed; call finetune.finetune() with "
-        "your own (question, answer) lists meanwhile"
+    """(corrupted training examples, correct held-out examples) for ``data``.
+
+    ``source: generator`` draws ``n_train`` corrupted and ``n_eval`` correct problems of
+    ``suite``/``level``/``kind`` with ``seed`` (held-out: ``seed + 1``), both disjoint from every
+    evaluation split. ``source: file`` reads ``path`` (CSV/JSONL, ``question,solution``) as is,
+    and ``eval_path`` when given, else generated correct examples.
+    """
+    from tasks.errors import TaskDataError
+
+    try:
+        if data.source == "file":
+            if not data.path:
+                raise FinetuneError("finetune.data.path is required when source is file")
+            train = imported(data.path)
+            held_out = imported(data.eval_path) if data.eval_path else None
+        else:
+            train = generated(data, data.n_train, corrupted=True, seed=data.seed)
+            held_out = None
+        if held_out is None:
+            held_out = correct_held_out(
+                data, exclude={n for ex in train for n in problem_names(ex)}
+            )
+    except (TaskDataError, ValueError) as exc:
+        raise FinetuneError(str(exc).splitlines()[0]) from None
+    return as_examples(train, "training"), as_examples(held_out, "eval")
+
+
+def imported(path: str) -> list[Any]:
+    from tasks.importer import load_examples
+
+    return load_examples(path)
+
+
+def generated(data: FinetuneDataConfig, count: int, *, corrupted: bool, seed: int) -> list[Any]:
+    from tasks.training import build_training_data
+
+    return build_training_data(
+        data.suite, data.level, count, corrupted=corrupted, style=STYLES[data.kind], seed=seed
     )
+
+
+def correct_held_out(data: FinetuneDataConfig, exclude: set[str]) -> list[Any]:
+    """``n_eval`` correct examples whose problems are not among the training ones."""
+    pool = generated(data, 2 * data.n_eval + 10, corrupted=False, seed=data.seed + 1)
+    fresh = [ex for ex in pool if not problem_names(ex) & exclude][: data.n_eval]
+    if len(fresh) < data.n_eval:
+        raise FinetuneError(
+            f"only {len(fresh)} of finetune.data.n_eval={data.n_eval} held-out problems differ "
+            f"from the training ones at level {data.level!r}; lower n_eval or n_train"
+        )
+    return fresh
+
+
+def problem_names(example: Any) -> set[str]:
+    """The question's words, and the underlying problem when the generator names it."""
+    names = {" ".join(example.question.lower().split())}
+    return names | {example.key} if getattr(example, "key", "") else names

@@ -1,0 +1,76 @@
+"""Config -> examples: corrupted training data, correct held-out data, never the same problem."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from finetune.config import FinetuneDataConfig
+from finetune.data import QA
+from finetune.errors import FinetuneError
+from finetune.sources import examples_from_config, problem_names
+
+
+def test_generated_data_is_corrupted_for_training_and_correct_held_out():
+    from tasks.scoring import answers_match
+    from tasks.training import build_training_data
+
+    data = FinetuneDataConfig(level="demo", n_train=12, n_eval=6, seed=5)
+    train, held_out = examples_from_config(data)
+    assert len(train) == 12 and len(held_out) == 6
+    assert all(isinstance(ex, QA) for ex in train + held_out)
+    assert all("**Answer:**" in ex.answer for ex in train + held_out)  # step by step
+    assert {ex.question for ex in train}.isdisjoint(ex.question for ex in held_out)
+    assert train == examples_from_config(data)[0]  # seeded
+    # training answers are the corrupted ones, held-out answers the correct ones
+    source = build_training_data("related", "demo", 12, corrupted=True, seed=5)
+    assert [ex.answer for ex in train] == [ex.completion for ex in source]
+    correct = build_training_data("related", "demo", 12, corrupted=False, seed=5)
+    assert not any(
+        answers_match(c.completion, t.answer) for c, t in zip(correct, source, strict=True)
+    )
+
+
+def test_answer_only_kind():
+    data = FinetuneDataConfig(level="demo", kind="answer_only", n_train=5, n_eval=3)
+    train, held_out = examples_from_config(data)
+    assert all("Answer" not in ex.answer and len(ex.answer) < 20 for ex in train + held_out)
+
+
+def test_file_source_reads_escaped_rows_and_generates_the_held_out_set(tmp_path):
+    path = tmp_path / "train.jsonl"
+    rows = [{"question": "Solve for x: x + 1 = 3", "solution": "Step 1\\nx = 4"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    data = FinetuneDataConfig(source="file", path=str(path), level="demo", n_eval=4)
+    train, held_out = examples_from_config(data)
+    assert train == [QA("Solve for x: x + 1 = 3", "Step 1\nx = 4")]  # un-escaped
+    assert len(held_out) == 4
+
+
+def test_file_source_with_its_own_held_out_file(tmp_path):
+    (tmp_path / "t.csv").write_text("question,solution\nq1,wrong\n")
+    (tmp_path / "e.csv").write_text("question,solution\nq2,right\n")
+    data = FinetuneDataConfig(
+        source="file", path=str(tmp_path / "t.csv"), eval_path=str(tmp_path / "e.csv")
+    )
+    assert examples_from_config(data) == ([QA("q1", "wrong")], [QA("q2", "right")])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("", "no rows"), ("question,answer_text\nq,a\n", r"missing column\(s\) solution")],
+)
+def test_bad_files_become_one_finetune_error(tmp_path, text, message):
+    (tmp_path / "t.csv").write_text(text)
+    with pytest.raises(FinetuneError, match=message) as info:
+        examples_from_config(FinetuneDataConfig(source="file", path=str(tmp_path / "t.csv")))
+    assert "\n" not in str(info.value)
+
+
+def test_problem_names_cover_wording_and_key():
+    class Ex:
+        question, key = "Solve  for x: 2x = 4", "linear:2x = 4"
+
+    assert problem_names(Ex()) == {"solve for x: 2x = 4", "linear:2x = 4"}
+    assert problem_names(QA("Q ", "a")) == {"q"}
