@@ -6,6 +6,7 @@ from patchers.hooks import attach, capture_last, replace_last
 from patchers.metrics import step_metrics
 from patchers.models import ModelPair, load_pair
 from patchers.sites import SITES, Target, resolve_targets
+from patchers.teacher import run_cmap_teacher_forced
 
 __all__ = [
     "SITES",
@@ -19,5 +20,6 @@ __all__ = [
     "replace_last",
     "resolve_targets",
     "run_cmap",
+    "run_cmap_teacher_forced",
     "step_metrics",
 ]

@@ -69,7 +69,7 @@ def with_adapter(model, seed: int = 2, scale: float = 0.1) -> PeftModel:
             "down_proj",
         ],
     )
-    peft_model = get_peft_model(model, config, adapter_name="corrupt")
+    peft_model = get_peft_model(model, config)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():

@@ -1,0 +1,90 @@
+"""load_pair from directories: a full corrupted model, a PEFT adapter, and bad paths."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from tiny_models import PROMPTS, perturbed, tiny_model, with_adapter
+
+from patchers.cmap import run_cmap
+from patchers.errors import PatchError
+from patchers.models import load_pair
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pair")
+    clean = tiny_model()
+    clean.save_pretrained(root / "clean")
+    perturbed(clean).save_pretrained(root / "corrupt")
+    adapter = with_adapter(tiny_model())
+    adapter.save_pretrained(root / "adapter")
+    tiny_model(vocab_size=101).save_pretrained(root / "other_vocab")
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=97)).save_pretrained(
+        root / "gpt2"
+    )
+    (root / "empty").mkdir()
+    (root / "broken").mkdir()
+    (root / "broken" / "config.json").write_text("{not json")
+    return root
+
+
+def test_full_model_pair(model_dirs):
+    pair = load_pair(model_dirs / "clean", model_dirs / "corrupt")
+    assert pair.adapter is None
+    result = run_cmap(pair, PROMPTS, layers=[1], max_new_tokens=3)
+    assert result.steps.height == 2 * 3
+
+
+def test_adapter_pair_shares_the_base(model_dirs):
+    pair = load_pair(model_dirs / "clean", model_dirs / "adapter", dtype="float32")
+    assert isinstance(pair.corrupt, PeftModel)
+    assert pair.corrupt.get_base_model() is pair.clean
+    assert pair.adapter == "corrupt"
+    # The adapter really changes the model: some corrupted argmax differs from the clean one.
+    steps = run_cmap(pair, PROMPTS, max_new_tokens=4).steps
+    assert (steps["y_clean"] != steps["y_corrupt"]).any()
+
+
+def test_bfloat16_loading(model_dirs):
+    pair = load_pair(model_dirs / "clean", model_dirs / "corrupt", dtype="bfloat16")
+    assert pair.clean.dtype == torch.bfloat16
+    assert run_cmap(pair, PROMPTS, layers=[0], max_new_tokens=2).steps.height == 4
+
+
+@pytest.mark.parametrize(
+    ("clean", "corrupt", "message"),
+    [
+        ("missing", "corrupt", "clean model not found: .*missing"),
+        ("clean", "missing", "corrupted model not found"),
+        ("clean", "empty", "has neither config.json .* nor adapter_config.json"),
+        ("broken", "corrupt", "cannot read the config in .*broken"),
+        ("clean", "other_vocab", r"vocab_size \(97 vs 101\)"),
+        ("gpt2", "corrupt", "unsupported architecture 'gpt2'"),
+        ("clean", "gpt2", "unsupported architecture 'gpt2'"),
+    ],
+)
+def test_bad_pairs_are_refused(model_dirs, clean, corrupt, message):
+    with pytest.raises(PatchError, match=message):
+        load_pair(model_dirs / clean, model_dirs / corrupt)
+
+
+def test_unknown_dtype(model_dirs):
+    with pytest.raises(PatchError, match="unknown dtype 'float8'"):
+        load_pair(model_dirs / "clean", model_dirs / "corrupt", dtype="float8")
+
+
+def test_different_tokenizers_are_refused(model_dirs, tmp_path):
+    import shutil
+
+    for name in ("clean", "corrupt"):
+        shutil.copytree(model_dirs / name, tmp_path / name)
+    for name, vocab in (("clean", {"a": 0, "b": 1}), ("corrupt", {"a": 1, "b": 0})):
+        (tmp_path / name / "vocab.json").write_text(json.dumps(vocab))
+    with pytest.raises(PatchError, match="tokenizers differ"):
+        load_pair(tmp_path / "clean", tmp_path / "corrupt")
