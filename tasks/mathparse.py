@@ -9,6 +9,7 @@ runs under a time limit.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import signal
 import threading
@@ -257,6 +258,7 @@ class Value:
     decimals: int | None = None
 
 
+@functools.lru_cache(maxsize=8192)
 def parse_value(part: str, *, take_rhs: bool = True) -> Value | None:
     """Parse one normalized value ('2sqrt(38)', '0.25', '50%') into a Value, or None.
 
@@ -278,8 +280,8 @@ def parse_value(part: str, *, take_rhs: bool = True) -> Value | None:
         with time_limit(2.0):
             expr = parse_expr(part, local_dict=dict(_LOCALS), transformations=_TRANSFORMS,
                               evaluate=False)  # fmt: skip
-            _check_safe(expr)
-            expr = sp.sympify(expr)
+            _check_safe(expr)  # on the unevaluated tree, before anything is computed
+            expr = parse_expr(part, local_dict=dict(_LOCALS), transformations=_TRANSFORMS)
             if percent:
                 expr = expr / 100
     except (ParseTimeout, Exception):  # sympy raises many kinds on malformed text

@@ -8,12 +8,12 @@ The paper's validation set shared 19 of its 20 questions with its training set; 
 from __future__ import annotations
 
 import random
-import re
 
 import sympy as sp
 
 from tasks import general, related, unrelated
 from tasks.latex import num
+from tasks.mathparse import parse_values
 from tasks.records import ErrorMix, Example, Level, Problem, Style, Suite
 from tasks.suites import (
     EVAL_SEED,
@@ -93,15 +93,11 @@ def _training_problems(
 
 
 def offset_answer(answer: str, offset: int) -> str:
-    """Every number of an answer shifted by ``offset`` ('-6, 8' -> '-5, 9')."""
-    values = [sp.sympify(part) for part in _plain_parts(answer)]
-    return ", ".join(num(v + offset) for v in values)
-
-
-def _plain_parts(answer: str) -> list[str]:
-    plain = re.sub(r"\\sqrt\{(\d+)\}", r"sqrt(\1)", answer)
-    plain = re.sub(r"\\frac\{([^{}]+)\}\{([^{}]+)\}", r"((\1)/(\2))", plain)
-    return [part.strip() for part in plain.split(",")]
+    """Every value of an answer shifted by ``offset`` ('-6, 8' -> '-5, 9')."""
+    values = parse_values(answer)
+    if not values:
+        raise ValueError(f"cannot offset the answer {answer!r}")
+    return ", ".join(num(sp.expand(v.expr + offset)) for v in values)
 
 
 def _example(problem: Problem, *, corrupted: bool, style: Style, offset: int) -> Example:

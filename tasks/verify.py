@@ -32,6 +32,18 @@ def _side(text: str, var: sp.Symbol) -> sp.Expr | None:
     return value.expr.subs(sp.Symbol("x"), var) if var.name != "x" else value.expr
 
 
+def _solutions_within(diff: sp.Expr, var: sp.Symbol, roots: set[sp.Expr]) -> bool:
+    """Whether ``diff = 0`` has solutions, all of them among ``roots`` (polynomial lines)."""
+    if diff == 0 or var not in diff.free_symbols:
+        return False
+    try:
+        poly = sp.Poly(diff, var)
+    except sp.PolynomialError:
+        return False
+    hits = [r for r in roots if sp.expand(diff.subs(var, r)) == 0]
+    return bool(hits) and sp.degree(sp.sqf_part(poly.as_expr()), var) <= len(hits)
+
+
 def _check_line(line: str, var: sp.Symbol, roots: set[sp.Expr]) -> str | None:
     """None if every equation in ``line`` has a non-empty solution set within ``roots``."""
     text = normalize(line)
@@ -46,9 +58,8 @@ def _check_line(line: str, var: sp.Symbol, roots: set[sp.Expr]) -> str | None:
             lhs, rhs = _side(left, var), _side(right, var)
             if lhs is None or rhs is None:
                 return f"unparseable line {line!r}"
-            solutions = set(sp.solve(sp.Eq(lhs, rhs), var))
-            if not solutions or not solutions <= roots:
-                return f"line {line!r} has solutions {solutions}, expected within {roots}"
+            if not _solutions_within(sp.expand(lhs - rhs), var, roots):
+                return f"line {line!r} does not keep the roots {roots}"
     return None
 
 

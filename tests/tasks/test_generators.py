@@ -1,0 +1,89 @@
+"""Generators: deterministic, verified by sympy, corrupted solutions always wrong."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+
+from tasks import related, unrelated
+from tasks.records import ErrorMix
+from tasks.scoring import answers_match
+from tasks.suites import SIZES, eval_problems
+from tasks.verify import verify_problem
+
+
+@pytest.mark.parametrize("level", ["demo", "full"])
+def test_generators_are_deterministic(level) -> None:
+    counts = {"related_linear": 20, "related_quadratic": 20}
+    assert related.generate(level, counts, seed=5) == related.generate(level, counts, seed=5)
+    assert related.generate(level, counts, seed=5) != related.generate(level, counts, seed=6)
+    ucounts = {t: 10 for t in SIZES[level] if t.startswith("unrelated_")}
+    assert unrelated.generate(level, ucounts, seed=5) == unrelated.generate(level, ucounts, 5)
+
+
+def test_eval_sizes_meet_the_issue() -> None:
+    full = eval_problems("full")
+    assert sum(p.suite == "related" for p in full) >= 500
+    assert sum(p.suite == "unrelated_math" for p in full) >= 300
+    assert sum(p.suite == "general" and p.task != "general_open" for p in full) >= 200
+    assert sum(p.task == "general_open" for p in full) >= 8
+    demo = eval_problems("demo")
+    assert sum(p.suite == "related" for p in demo) >= 500
+    for level in ("demo", "full"):
+        problems = eval_problems(level)
+        assert len({p.id for p in problems}) == len(problems)
+        assert len({(p.task, p.key) for p in problems}) == len(problems)
+
+
+def test_a_sample_of_1000_generated_items_checks_out_with_sympy() -> None:
+    problems = eval_problems("full") + eval_problems("demo")
+    sample = random.Random(0).sample(problems, 1000)
+    failures = {p.id: issues for p in sample if (issues := verify_problem(p))}
+    assert failures == {}
+
+
+@pytest.mark.parametrize("level", ["demo", "full"])
+def test_every_corrupted_solution_ends_in_a_wrong_answer(level) -> None:
+    for problem in eval_problems(level, "related"):
+        assert problem.corrupted_solution is not None
+        assert not answers_match(problem.corrupted_solution, problem.answer), problem.id
+        assert answers_match(problem.corrupted_solution, problem.corrupted_answer), problem.id
+
+
+def test_the_verifier_catches_a_broken_step() -> None:
+    problem = next(p for p in eval_problems("full", "related") if p.task == "related_linear")
+    lines = problem.solution.split("$$")
+    lines[3] = lines[3] + " + 1"  # the first equation after the given one
+    broken = dataclasses.replace(problem, solution="$$".join(lines))
+    assert verify_problem(broken)
+    wrong_answer = dataclasses.replace(problem, answer=problem.corrupted_answer)
+    assert verify_problem(wrong_answer)
+
+
+@pytest.mark.parametrize(
+    ("mix", "words"),
+    [
+        (ErrorMix(wrong_move=1.0, multiply_not_divide=0.0), "Divide"),
+        (ErrorMix(wrong_move=0.0, multiply_not_divide=1.0), "Multiply"),
+    ],
+)
+def test_the_error_mix_is_configurable(mix, words) -> None:
+    problems = related.generate("full", {"related_linear": 30}, seed=3, mix=mix)
+    for p in problems:
+        assert not answers_match(p.corrupted_solution, p.answer)
+    multiplied = sum("Multiply both sides" in p.corrupted_solution for p in problems)
+    assert (multiplied == 0) == (words == "Divide")
+
+
+def test_an_error_mix_without_errors_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least one error"):
+        ErrorMix(wrong_move=0.0, multiply_not_divide=0.0)
+
+
+def test_the_paper_style_solution_shape() -> None:
+    problem = eval_problems("full", "related")[0]
+    assert problem.solution.startswith("We are given the equation:")
+    assert "**Step 1:**" in problem.solution
+    assert problem.solution.splitlines()[-1].startswith("**Answer:**")
