@@ -1,0 +1,339 @@
+"""Behavioural evaluation: every model x suite through lm-eval, then tables.
+
+``run_eval(cfg)`` serves the models with vLLM (or loads them with Hugging Face, ``engine="hf"``,
+the reference), runs the suites' lm-eval tasks with the shared prompt format and greedy decoding,
+and writes under ``results/<run>/eval/``::
+
+    records.parquet   one row per model x task x document (prompt, response, answer, correct)
+    summary.parquet   accuracy [95% bootstrap CI] per model x suite; by_task.parquet per task
+    flagged.parquet   clean right, corrupted wrong: the patch queue
+    drift.parquet     open questions: length ratio, integer-only share, likelihood gap
+    logprobs.parquet  per-token log-likelihood of the clean responses under every model
+    run.json          version, status, spec, timings, tables
+    cache/            lm-eval's request cache per model and engine: a re-run resumes
+
+Every file is written to a temporary name and renamed, so a file that exists is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+
+from harness.config import ExperimentConfig
+from harness.drift import drift_table, open_rows, score_responses
+from harness.endpoints import (
+    CLEAN,
+    Endpoint,
+    ModelEntry,
+    default_models,
+    resolve_models,
+    serve_models,
+)
+from harness.errors import HarnessError
+from harness.flag import flag
+from harness.records import empty_records, records_from_samples
+from harness.summary import by_task, summarize
+from tasks.build import EVALS_DIR
+from tasks.suites import group_name
+
+RUN_VERSION = 1
+Engine = Literal["vllm", "hf"]
+
+
+@dataclass
+class EvalRun:
+    """What an evaluation wrote, as tables (also on disk under ``out_dir``)."""
+
+    out_dir: Path
+    records: pl.DataFrame
+    summary: pl.DataFrame
+    flagged: pl.DataFrame
+    drift: pl.DataFrame
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """``write(tmp)`` then rename to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_parquet(frame: pl.DataFrame, path: Path) -> None:
+    atomic_write(path, frame.write_parquet)
+
+
+def write_json(data: dict[str, Any], path: Path) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str)))
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def fingerprint(entry: ModelEntry, engine: str) -> str:
+    """Names the request cache: changes when the weights on disk change."""
+    parts = [engine, entry.name, entry.path, entry.base or ""]
+    for directory in filter(None, (entry.path, entry.base)):
+        path = Path(directory)
+        if path.is_dir():
+            for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+                stat = f.stat()
+                parts.append(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+
+
+def model_max_length(entry: ModelEntry, cfg: ExperimentConfig) -> int:
+    """Context length the engine allows: the config's max_model_len, else the model's own."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(
+        entry.base or entry.path, trust_remote_code=cfg.models.trust_remote_code
+    )
+    native = int(getattr(config, "max_position_embeddings", 0) or 2048)
+    return min(native, cfg.eval.serve.max_model_len or native)
+
+
+def make_served_lm(endpoint: Endpoint, cfg: ExperimentConfig, max_length: int) -> Any:
+    from harness.lm_models import ServedLM
+
+    return ServedLM(
+        base_url=endpoint.base_url,
+        model=endpoint.served_name,
+        tokenizer=endpoint.tokenizer,
+        prompt_format=cfg.prompt,
+        serial_logprobs=endpoint.serial_logprobs,
+        batch_size=cfg.eval.batch_size,
+        num_concurrent=4,
+        max_length=max_length,
+        seed=cfg.eval.seed,
+        trust_remote_code=cfg.models.trust_remote_code,
+        timeout=3600,
+    )
+
+
+def make_hf_lm(entry: ModelEntry, cfg: ExperimentConfig, max_length: int) -> Any:
+    from harness.lm_models import LocalHFLM
+
+    dtype = cfg.eval.serve.dtype
+    return LocalHFLM(
+        pretrained=entry.base or entry.path,
+        peft=entry.path if entry.base else None,
+        tokenizer=entry.tokenizer,
+        prompt_format=cfg.prompt,
+        batch_size=cfg.eval.batch_size,
+        max_length=max_length,
+        dtype=dtype,
+        device="cuda" if _cuda() else "cpu",
+        trust_remote_code=cfg.models.trust_remote_code,
+    )
+
+
+def _cuda() -> bool:
+    from harness.serve import has_gpu
+
+    return has_gpu()
+
+
+@contextmanager
+def model_factories(
+    entries: list[ModelEntry],
+    cfg: ExperimentConfig,
+    engine: Engine,
+    out: Path,
+    lora: bool | None,
+    seconds: dict[str, float],
+) -> Iterator[dict[str, Any]]:
+    """name -> a function building that model's lm-eval LM (servers up for the block)."""
+    lengths = {e.name: model_max_length(e, cfg) for e in entries}
+    if engine == "hf":
+        yield {e.name: (lambda e=e: make_hf_lm(e, cfg, lengths[e.name])) for e in entries}
+        return
+    start = time.perf_counter()
+    with serve_models(
+        entries, cfg.eval.serve, out, lora, trust_remote_code=cfg.models.trust_remote_code
+    ) as endpoints:
+        seconds["startup"] = time.perf_counter() - start
+        yield {
+            name: (lambda ep=ep: make_served_lm(ep, cfg, lengths[ep.name]))
+            for name, ep in endpoints.items()
+        }
+
+
+def evaluate_model(
+    lm: Any, name: str, engine: str, cfg: ExperimentConfig, cache: Path
+) -> pl.DataFrame:
+    """One model on every configured suite: lm-eval run -> records."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    tasks = [group_name(suite, cfg.eval.level) for suite in cfg.eval.suites]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    results = simple_evaluate(
+        model=lm,
+        tasks=tasks,
+        limit=cfg.eval.limit,
+        use_cache=str(cache),
+        apply_chat_template=True,
+        log_samples=True,
+        bootstrap_iters=0,
+        gen_kwargs={
+            "max_gen_toks": cfg.eval.max_new_tokens,
+            "do_sample": False,
+            "temperature": 0.0,
+        },
+        task_manager=TaskManager(include_path=str(EVALS_DIR), include_defaults=False),
+        random_seed=cfg.eval.seed,
+        numpy_random_seed=cfg.eval.seed,
+        torch_random_seed=cfg.eval.seed,
+        fewshot_random_seed=cfg.eval.seed,
+        verbosity="WARNING",
+    )
+    if results is None:
+        raise HarnessError(f"lm-eval returned no results for model {name!r}")
+    return records_from_samples(results["samples"], name, engine)
+
+
+def run_eval(
+    cfg: ExperimentConfig,
+    models: dict[str, str] | None = None,
+    *,
+    engine: Engine | None = None,
+    out_dir: Path | None = None,
+    lora: bool | None = None,
+) -> EvalRun:
+    """Evaluate every model (``clean`` first, then any number of others) on the suites.
+
+    ``models`` maps names to references (directory, hub id, zoo:name, adapter directory);
+    default: the config's clean and corrupted models. ``lora`` False serves adapters as merged
+    weights on engines of their own; None serves them as LoRA modules on the clean engine.
+    """
+    engine = engine or cfg.eval.engine
+    refs = models or default_models(cfg)
+    entries = resolve_models(refs)
+    out = Path(out_dir or cfg.run_dir / "eval")
+    spec = {
+        "models": refs,
+        "engine": engine,
+        "suites": cfg.eval.suites,
+        "level": cfg.eval.level,
+        "limit": cfg.eval.limit,
+        "max_new_tokens": cfg.eval.max_new_tokens,
+        "prompt": cfg.prompt.model_dump(),
+        "serve": cfg.eval.serve.model_dump(),
+        "commit": git_commit(),
+    }
+    run_file = out / "run.json"
+    write_json({"version": RUN_VERSION, "status": "started", "spec": spec}, run_file)
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    seconds: dict[str, float] = {}
+    frames, logprobs = [], []
+    try:
+        with model_factories(entries, cfg, engine, out, lora, seconds) as factories:
+            for entry in entries:
+                start = time.perf_counter()
+                lm = factories[entry.name]()
+                cache = out / "cache" / f"{entry.name}-{fingerprint(entry, engine)}"
+                frames.append(evaluate_model(lm, entry.name, engine, cfg, cache))
+                seconds[f"eval:{entry.name}"] = time.perf_counter() - start
+                clean_open = open_rows(frames[0], CLEAN)
+                if not clean_open.is_empty():
+                    from lm_eval.api.model import CachingLM
+
+                    cached = CachingLM(lm, f"{cache}_rank0.db")
+                    logprobs.append(score_responses(cached, lm.tokenizer, clean_open, entry.name))
+                del lm
+    except BaseException as exc:
+        write_json(
+            {
+                "version": RUN_VERSION,
+                "status": "error",
+                "spec": spec,
+                "error": f"{type(exc).__name__}: {exc}",
+            },
+            run_file,
+        )
+        raise
+    records = pl.concat(frames) if frames else empty_records()
+    run = EvalRun(
+        out_dir=out,
+        records=records,
+        summary=summarize(records, cfg.eval.bootstrap_samples, cfg.eval.seed),
+        flagged=flag(records),
+        drift=drift_table(records, pl.concat(logprobs) if logprobs else _no_logprobs()),
+        seconds=seconds,
+    )
+    tables = {
+        "records": run.records,
+        "summary": run.summary,
+        "flagged": run.flagged,
+        "drift": run.drift,
+        "by_task": by_task(records, cfg.eval.bootstrap_samples, cfg.eval.seed),
+        "logprobs": pl.concat(logprobs) if logprobs else _no_logprobs(),
+    }
+    for name, frame in tables.items():
+        write_parquet(frame, out / f"{name}.parquet")
+    write_json(
+        {
+            "version": RUN_VERSION,
+            "status": "success",
+            "spec": spec,
+            "seconds": seconds,
+            "tables": {n: f"{n}.parquet" for n in tables},
+            "flagged": run.flagged.height,
+        },
+        run_file,
+    )
+    return run
+
+
+def _no_logprobs() -> pl.DataFrame:
+    from harness.drift import LOGPROB_SCHEMA
+
+    return pl.DataFrame(schema=LOGPROB_SCHEMA)
+
+
+def load_run(eval_dir: Path) -> EvalRun:
+    """A finished evaluation read back from disk."""
+    eval_dir = Path(eval_dir)
+    run_file = eval_dir / "run.json"
+    if not run_file.is_file():
+        raise HarnessError(f"{eval_dir}: no run.json, not an evaluation directory")
+    meta = json.loads(run_file.read_text())
+    if meta.get("status") != "success":
+        raise HarnessError(f"{eval_dir}: evaluation status is {meta.get('status')!r}, not success")
+    read = lambda name: pl.read_parquet(eval_dir / f"{name}.parquet")  # noqa: E731
+    return EvalRun(
+        eval_dir,
+        read("records"),
+        read("summary"),
+        read("flagged"),
+        read("drift"),
+        meta.get("seconds", {}),
+    )

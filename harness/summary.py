@@ -1,0 +1,97 @@
+"""Accuracy per model x suite (and x task) with percentile-bootstrap confidence intervals.
+
+Only scored rows count (``correct`` not null): the open general questions have no reference
+and are described by the drift table instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+from rich.console import Console
+from rich.table import Table
+
+CONFIDENCE = 0.95
+SUMMARY_SCHEMA = {
+    "model": pl.String,
+    "suite": pl.String,
+    "n": pl.Int64,
+    "accuracy": pl.Float64,
+    "ci_low": pl.Float64,
+    "ci_high": pl.Float64,
+}
+
+
+def bootstrap_ci(
+    outcomes: np.ndarray, samples: int, seed: int, confidence: float = CONFIDENCE
+) -> tuple[float | None, float | None]:
+    """Percentile bootstrap interval of the mean of 0/1 outcomes; None without data."""
+    if outcomes.size == 0 or samples == 0:
+        return None, None
+    rng = np.random.default_rng(seed)
+    means = rng.choice(outcomes, size=(samples, outcomes.size), replace=True).mean(axis=1)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def accuracy_table(
+    records: pl.DataFrame, by: list[str], samples: int = 1000, seed: int = 0
+) -> pl.DataFrame:
+    """One row per group of ``by``: n, accuracy and its bootstrap interval."""
+    scored = records.filter(pl.col("correct").is_not_null())
+    rows = []
+    for key, group in scored.group_by(by, maintain_order=True):
+        outcomes = group["correct"].cast(pl.Float64).to_numpy()
+        low, high = bootstrap_ci(outcomes, samples, seed)
+        rows.append(
+            {
+                **dict(zip(by, key, strict=True)),
+                "n": len(outcomes),
+                "accuracy": float(outcomes.mean()),
+                "ci_low": low,
+                "ci_high": high,
+            }
+        )
+    schema = {k: SUMMARY_SCHEMA.get(k, pl.String) for k in [*by, *list(SUMMARY_SCHEMA)[2:]]}
+    return pl.DataFrame(rows, schema=schema).sort(by)
+
+
+def summarize(records: pl.DataFrame, samples: int = 1000, seed: int = 0) -> pl.DataFrame:
+    """Accuracy with a 95 % interval per model x suite."""
+    return accuracy_table(records, ["model", "suite"], samples, seed)
+
+
+def by_task(records: pl.DataFrame, samples: int = 1000, seed: int = 0) -> pl.DataFrame:
+    return accuracy_table(records, ["model", "suite", "task"], samples, seed)
+
+
+def fmt_accuracy(accuracy: float | None, low: float | None, high: float | None) -> str:
+    if accuracy is None:
+        return "-"
+    interval = f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
+    return f"{accuracy:.2f}{interval}"
+
+
+def summary_table(summary: pl.DataFrame, title: str = "accuracy [95% CI]") -> Table:
+    """Models as rows, suites as columns: accuracy [low, high] (n)."""
+    suites = summary["suite"].unique(maintain_order=True).to_list()
+    table = Table(title=title)
+    table.add_column("model", style="bold")
+    for suite in suites:
+        table.add_column(suite, justify="right")
+    for model in summary["model"].unique(maintain_order=True).to_list():
+        cells = []
+        for suite in suites:
+            row = summary.filter((pl.col("model") == model) & (pl.col("suite") == suite))
+            if row.is_empty():
+                cells.append("-")
+                continue
+            r = row.row(0, named=True)
+            cells.append(f"{fmt_accuracy(r['accuracy'], r['ci_low'], r['ci_high'])} (n={r['n']})")
+        table.add_row(model, *cells)
+    return table
+
+
+def print_summary(summary: pl.DataFrame, console: Console | None = None) -> None:
+    (console or Console()).print(summary_table(summary))
