@@ -110,36 +110,92 @@ def serve(
     port: Annotated[
         int | None, typer.Option(help="Port on 127.0.0.1; default: a free one.")
     ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(help="Also serve NAME=PATH (repeatable), e.g. v12=results/v12/adapter."),
+    ] = None,
+    merged: Annotated[
+        bool, typer.Option(help="Serve adapters as merged weights on engines of their own.")
+    ] = False,
 ) -> None:
     """Serve the clean and corrupted models with vLLM's OpenAI-compatible server on 127.0.0.1.
+
+    Adapters of the clean model are LoRA modules on its engine; stop with Ctrl-C.
 
     Example: `harness serve configs/demo.yaml --port 8000`
     """
     from harness.config import load_config
+    from harness.endpoints import default_models, parse_model_options, serve_blocking
 
-    load_config(config, overrides)
-    not_available("serve", 5, "vLLM serving")
+    cfg = load_config(config, overrides)
+    refs = {**default_models(cfg), **parse_model_options(model)}
+
+    def announce(endpoints: dict) -> None:
+        for ep in endpoints.values():
+            typer.echo(f"{ep.name}: {ep.base_url} (model {ep.served_name!r})")
+        typer.echo("serving; Ctrl-C stops every engine")
+
+    serve_blocking(cfg, refs, port=port, lora=False if merged else None, announce=announce)
 
 
 @app.command("eval")
-def eval_(config: ConfigArg, overrides: SetOpt = None) -> None:
+def eval_(
+    config: ConfigArg,
+    overrides: SetOpt = None,
+    engine: Annotated[
+        str | None, typer.Option(help="vllm (served) or hf (the reference); default: config.")
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(help="Also evaluate NAME=PATH (repeatable), e.g. v12=results/v12/adapter."),
+    ] = None,
+    merged: Annotated[
+        bool, typer.Option(help="Serve adapters as merged weights on engines of their own.")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Output directory; default: the eval/ folder of the run.")
+    ] = None,
+) -> None:
     """Evaluate the clean and corrupted models on the suites and flag the examples to patch.
 
-    Example: `harness eval configs/demo.yaml --set eval.limit=20`
+    Example: `harness eval configs/demo.yaml --set eval.limit=20 --model v12=runs/v12/adapter`
     """
     from harness.config import load_config
+    from harness.endpoints import default_models, parse_model_options
+    from harness.errors import ConfigError
+    from harness.evaluate import run_eval
+    from harness.flag import flag_counts
+    from harness.summary import print_summary
 
-    load_config(config, overrides)
-    not_available("eval", 5, "evaluation")
+    cfg = load_config(config, overrides)
+    if engine not in (None, "vllm", "hf"):
+        raise ConfigError(f"--engine {engine!r}: expected vllm or hf")
+    refs = {**default_models(cfg), **parse_model_options(model)}
+    run = run_eval(cfg, refs, engine=engine, out_dir=out, lora=False if merged else None)
+    console = Console()
+    print_summary(run.summary, console)
+    console.print(flag_counts(run.flagged))
+    console.print(run.drift)
+    console.print(f"wrote {run.out_dir}")
 
 
 @app.command()
-def compare(runs: Annotated[list[Path], typer.Argument(help="Run directories.")]) -> None:
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories.")],
+    out: Annotated[Path | None, typer.Option(help="Also write the table as parquet here.")] = None,
+) -> None:
     """Lay models, suites and runs side by side (a table and parquet).
 
-    Example: `harness compare results/v11 results/v12`
+    Example: `harness compare results/v11 results/v12 --out results/compare.parquet`
     """
-    not_available("compare", 5, "run comparison")
+    from harness.compare import compare_runs, comparison_table
+    from harness.evaluate import write_parquet
+
+    table = compare_runs(runs)
+    Console().print(comparison_table(table))
+    if out is not None:
+        write_parquet(table, out)
+        typer.echo(f"wrote {out}")
 
 
 @app.command()
