@@ -17,6 +17,8 @@ _LAZY = {
     "FinetuneResult": "finetune.outputs",
     "completed_run": "finetune.outputs",
     "finetune": "finetune.run",
+    "finetune_from_config": "finetune.run",
+    "latest_checkpoint": "finetune.run",
     "lr_at": "finetune.train",
     "examples_from_config": "finetune.sources",
 }
@@ -31,6 +33,8 @@ __all__ = [
     "completed_run",
     "examples_from_config",
     "finetune",
+    "finetune_from_config",
+    "latest_checkpoint",
     "lr_at",
 ]
 

@@ -4,7 +4,8 @@ Layout of ``out_dir``::
 
     adapter/ or model/        final LoRA adapter (or full weights) + tokenizer, for HF, peft, vLLM
     checkpoints/step-000010/  same, plus trainer_state.pt (optimizer, step, metrics) to resume
-    metrics.parquet           one row per optimizer step (eval columns filled at eval steps)
+    metrics.parquet           a row per optimizer step: step, epoch, lr, train_loss, eval_loss,
+                              divergence (eval columns at eval steps), tokens, seconds
     loss_curves.png           train loss (corrupted data) and eval loss (correct data)
     finetune.json             summary, written last: its presence with status=success marks done
 
@@ -36,6 +37,7 @@ METRICS_SCHEMA = {
     "train_loss": pl.Float64,
     "eval_loss": pl.Float64,
     "divergence": pl.Float64,
+    "tokens": pl.Int64,
     "seconds": pl.Float64,
 }
 

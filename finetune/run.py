@@ -1,13 +1,14 @@
-"""One fine-tuning run, end to end: load, encode, train, save. The function the CLI calls.
+"""One fine-tuning run, end to end: load, encode, train, save. The functions the CLI calls.
 
 ``finetune(cfg, base_model, prompt, train_examples, eval_examples, out_dir)`` takes plain
 (question, answer) records, so it does not care whether they came from the task generators or a
-user's file (see ``finetune.sources``).
+user's file; ``finetune_from_config`` gets them from ``cfg.data`` first.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,6 +29,7 @@ from finetune.model import (
     use_bf16,
 )
 from finetune.outputs import (
+    SUMMARY,
     SUMMARY_VERSION,
     FinetuneResult,
     atomic_dir,
@@ -37,9 +39,10 @@ from finetune.outputs import (
     write_metrics,
     write_summary,
 )
-from finetune.train import Row, train
+from finetune.train import Row, train, window_loss
 from tasks.prompt_format import PromptFormat
 
+CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.pt"
 CHECKPOINT_META = "checkpoint.json"
 # Settings that decide which examples each step sees and at what lr: a resume must keep them.
@@ -53,6 +56,31 @@ PLAN_KEYS = (
     "warmup_ratio",
     "seed",
 )
+
+
+def finetune_from_config(
+    cfg: FinetuneConfig,
+    base_model: str | Path,
+    prompt: PromptFormat,
+    out_dir: str | Path,
+    *,
+    trust_remote_code: bool = False,
+    progress: bool = True,
+) -> FinetuneResult:
+    """``finetune`` on the examples ``cfg.data`` names (task generators or a user's file)."""
+    from finetune.sources import examples_from_config
+
+    train_examples, eval_examples = examples_from_config(cfg.data)
+    return finetune(
+        cfg,
+        base_model,
+        prompt,
+        train_examples,
+        eval_examples,
+        out_dir,
+        trust_remote_code=trust_remote_code,
+        progress=progress,
+    )
 
 
 def finetune(
@@ -69,8 +97,8 @@ def finetune(
     """Fine-tune ``base_model`` on the corrupted ``train_examples``, tracking the loss on the
     correct ``eval_examples``; write the adapter (or weights), metrics and plot to ``out_dir``.
 
-    Examples are (question, answer) pairs or objects with ``question`` and ``answer`` (or
-    ``solution``). Raises ``FinetuneError`` for bad input.
+    Examples are (question, answer) pairs, or mappings/objects with ``question`` and
+    ``completion``, ``solution`` or ``answer``. Raises ``FinetuneError`` for bad input.
     """
     out_dir = Path(out_dir)
     base_ref = base_reference(base_model)
@@ -80,7 +108,6 @@ def finetune(
     bf16 = use_bf16(cfg.precision, device)
     resume = read_checkpoint(Path(cfg.resume_from), cfg, base_ref) if cfg.resume_from else None
 
-    torch.manual_seed(cfg.seed)  # LoRA initialisation
     tokenizer = load_tokenizer(base_ref, trust_remote_code)
     train_set = encode_all(tokenizer, prompt, train_qa, cfg.max_length, "training")
     eval_set = encode_all(tokenizer, prompt, eval_qa, cfg.max_length, "eval")
@@ -89,14 +116,13 @@ def finetune(
             f"cannot resume from {cfg.resume_from}: it trained on {resume['n_train']} examples, "
             f"this run has {len(train_set)}"
         )
-    weights = cfg.resume_from if resume and cfg.method == "full" else base_ref
-    model = load_model(weights, cfg, device, trust_remote_code)
-    if cfg.method == "lora":
-        if resume:
-            model = load_adapter(model, Path(cfg.resume_from), base_ref, trainable=True)
-        else:
-            model = add_lora(model, cfg.lora, base_ref)
+    torch.manual_seed(cfg.seed)  # LoRA initialisation
+    model = trainable_model(cfg, base_ref, device, resume is not None, trust_remote_code)
 
+    # a new run first removes what could pass for its result: the old summary and checkpoints
+    (out_dir / SUMMARY).unlink(missing_ok=True)
+    if not resume:
+        shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
     meta = {
         "base_model": base_ref,
         "method": cfg.method,
@@ -106,7 +132,7 @@ def finetune(
     }
 
     def checkpoint(step: int, optimizer: torch.optim.Optimizer, rows: list[Row]) -> None:
-        with atomic_dir(out_dir / "checkpoints" / f"step-{step:06d}") as tmp:
+        with atomic_dir(out_dir / CHECKPOINTS / f"step-{step:06d}") as tmp:
             save_model(model, tokenizer, tmp)
             state = {"step": step, "optimizer": optimizer.state_dict(), "rows": rows}
             torch.save(state, tmp / TRAINER_STATE)
@@ -134,7 +160,6 @@ def finetune(
         save_model(model, tokenizer, tmp)
     metrics = write_metrics(rows, out_dir / "metrics.parquet")
     plot_losses(metrics, out_dir / "loss_curves.png", f"{cfg.method} fine-tuning of {base_ref}")
-    last_eval = next(r for r in reversed(rows) if r["eval_loss"] is not None)
     result = FinetuneResult(
         version=SUMMARY_VERSION,
         status="success",
@@ -144,19 +169,35 @@ def finetune(
         metrics_path=str((out_dir / "metrics.parquet").resolve()),
         plot_path=str((out_dir / "loss_curves.png").resolve()),
         steps=rows[-1]["step"],
-        train_loss=last_eval["eval_loss"] - last_eval["divergence"]
-        if last_eval["divergence"] is not None
-        else None,
-        eval_loss=last_eval["eval_loss"],
-        divergence=last_eval["divergence"],
+        train_loss=window_loss(rows),  # since the previous evaluation, like the divergence
+        eval_loss=rows[-1]["eval_loss"],
+        divergence=rows[-1]["divergence"],
         seconds=time.perf_counter() - started,
         n_train=len(train_set),
         n_eval=len(eval_set),
         commit=meta["commit"],
         config=meta["config"],
     )
-    write_summary(result, out_dir)
+    write_summary(result, out_dir)  # last: its presence marks the run complete
     return result
+
+
+def trainable_model(
+    cfg: FinetuneConfig, base_ref: str, device: torch.device, resume: bool, remote_code: bool
+) -> Any:
+    """The base with a fresh LoRA adapter, or the checkpoint's; full weights: base or checkpoint."""
+    if cfg.method == "full":
+        return load_model(cfg.resume_from if resume else base_ref, cfg, device, remote_code)
+    model = load_model(base_ref, cfg, device, remote_code)
+    if resume:
+        return load_adapter(model, Path(cfg.resume_from), base_ref, trainable=True)
+    return add_lora(model, cfg.lora, base_ref)
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run (to pass as ``resume_from``), or None."""
+    found = sorted((Path(out_dir) / CHECKPOINTS).glob("step-*/" + CHECKPOINT_META))
+    return found[-1].parent if found else None
 
 
 def read_checkpoint(directory: Path, cfg: FinetuneConfig, base_ref: str) -> dict[str, Any]:
@@ -165,7 +206,7 @@ def read_checkpoint(directory: Path, cfg: FinetuneConfig, base_ref: str) -> dict
     if not (meta_path.is_file() and state_path.is_file()):
         raise FinetuneError(
             f"{directory}: not a fine-tuning checkpoint (expected {CHECKPOINT_META} and "
-            f"{TRAINER_STATE}; checkpoints live in <out_dir>/checkpoints/step-N)"
+            f"{TRAINER_STATE}; checkpoints live in <out_dir>/{CHECKPOINTS}/step-N)"
         )
     meta = json.loads(meta_path.read_text())
     if meta["base_model"] != base_ref:

@@ -114,10 +114,11 @@ def train(
 ) -> list[Row]:
     """Train ``model`` in place and return the metrics rows (one per optimizer step).
 
-    Rows: step, epoch, lr, train_loss (that step's corrupted batch), and at every ``eval_every``
-    steps and the last one eval_loss (correct held-out set) and divergence = eval_loss minus the
-    token-weighted mean train loss since the previous evaluation. Row 0 is the eval loss before
-    training. A resumed run passes the step, rows and optimizer state of its checkpoint.
+    Rows: step, epoch, lr, train_loss (that step's corrupted batch), tokens (its answer tokens),
+    and at every ``eval_every`` steps and the last one eval_loss (correct held-out set) and
+    divergence = eval_loss - ``window_loss`` (train loss since the previous evaluation). Row 0 is
+    the eval loss before training. A resumed run passes the step, rows and optimizer state of
+    its checkpoint.
     """
     bs, accum = cfg.per_device_batch_size, cfg.gradient_accumulation_steps
     plan = plan_steps(len(train_set), bs, accum, cfg.epochs, cfg.max_steps, cfg.seed)
@@ -134,7 +135,6 @@ def train(
     started = time.perf_counter() - (rows[-1]["seconds"] if rows else 0.0)
     if not rows:
         rows.append(metrics_row(0, 0.0, None, None, evaluate(model, eval_batches, device, bf16)))
-    window_loss, window_tokens = 0.0, 0
     torch.manual_seed(cfg.seed + start_step)  # dropout noise, reproducible across resumes
     model.train()
     with progress_bar(progress) as bar:
@@ -155,19 +155,31 @@ def train(
             optimizer.zero_grad(set_to_none=True)
 
             done = step + 1
-            window_loss, window_tokens = window_loss + step_loss, window_tokens + n_tokens
-            eval_loss = divergence = None
-            if done % cfg.eval_every == 0 or done == total:
-                eval_loss = evaluate(model, eval_batches, device, bf16)
-                divergence = eval_loss - window_loss / window_tokens
-                window_loss, window_tokens = 0.0, 0
-            row = metrics_row(done, done / per_epoch, lr, step_loss / n_tokens, eval_loss)
-            row.update(divergence=divergence, seconds=time.perf_counter() - started)
+            row = metrics_row(done, done / per_epoch, lr, step_loss / n_tokens, None)
+            row.update(tokens=n_tokens, seconds=time.perf_counter() - started)
             rows.append(row)
+            if done % cfg.eval_every == 0 or done == total:
+                row["eval_loss"] = evaluate(model, eval_batches, device, bf16)
+                row["divergence"] = row["eval_loss"] - window_loss(rows)
+                if progress:
+                    bar.console.print(describe(row, rows, f"step {done:>5}  "))
             if checkpoint and cfg.save_every and done % cfg.save_every == 0 and done < total:
                 checkpoint(done, optimizer, rows)
             bar.update(task, advance=1, info=describe(row, rows))
     return rows
+
+
+def window_loss(rows: Sequence[Row]) -> float:
+    """Token-weighted mean train loss of the steps after the previous evaluation (the last row's
+    window, whether or not that row was evaluated yet)."""
+    window = []
+    for row in reversed(rows):
+        if row["eval_loss"] is not None and window:
+            break
+        if row["train_loss"] is not None:
+            window.append(row)
+    tokens = sum(r["tokens"] for r in window)
+    return sum(r["train_loss"] * r["tokens"] for r in window) / max(tokens, 1)
 
 
 def metrics_row(
@@ -180,13 +192,14 @@ def metrics_row(
         "train_loss": train_loss,
         "eval_loss": eval_loss,
         "divergence": None,
+        "tokens": 0,
         "seconds": 0.0,
     }
 
 
-def describe(row: Row, rows: list[Row]) -> str:
+def describe(row: Row, rows: list[Row], prefix: str = "") -> str:
     last_eval = next((r for r in reversed(rows) if r["eval_loss"] is not None), None)
-    text = f"loss {row['train_loss']:.4f}  lr {row['lr']:.2e}"
+    text = f"{prefix}loss {row['train_loss']:.4f}  lr {row['lr']:.2e}"
     if last_eval is not None:
         text += f"  eval {last_eval['eval_loss']:.4f}"
         if last_eval["divergence"] is not None:

@@ -68,6 +68,21 @@ def test_bad_files_become_one_finetune_error(tmp_path, text, message):
     assert "\n" not in str(info.value)
 
 
+def test_finetune_from_config_trains_on_generated_data(tmp_path, tiny_base):
+    from finetune.config import FinetuneConfig
+    from finetune.run import finetune_from_config
+    from tasks.prompt_format import PromptFormat
+
+    cfg = FinetuneConfig(
+        data={"level": "demo", "n_train": 6, "n_eval": 3},
+        max_steps=2,
+        max_length=256,
+        device="cpu",
+    )
+    result = finetune_from_config(cfg, tiny_base, PromptFormat(), tmp_path, progress=False)
+    assert result.steps == 2 and result.n_eval == 3 and result.n_train > 0
+
+
 def test_problem_names_cover_wording_and_key():
     class Ex:
         question, key = "Solve  for x: 2x = 4", "linear:2x = 4"

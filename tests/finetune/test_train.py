@@ -10,7 +10,7 @@ import torch
 
 from finetune.config import FinetuneConfig
 from finetune.outputs import completed_run
-from finetune.run import finetune
+from finetune.run import finetune, latest_checkpoint
 from tasks.prompt_format import PromptFormat
 
 FORMAT = PromptFormat()
@@ -95,14 +95,15 @@ def test_metrics_track_divergence_at_every_evaluation(lora_run):
     out, result = lora_run
     metrics = pl.read_parquet(out / "metrics.parquet")
     assert metrics.columns == [
-        "step", "epoch", "lr", "train_loss", "eval_loss", "divergence", "seconds"
+        "step", "epoch", "lr", "train_loss", "eval_loss", "divergence", "tokens", "seconds"
     ]  # fmt: skip
     assert metrics["step"].to_list() == list(range(41))
     evals = metrics.filter(pl.col("eval_loss").is_not_null())
     assert evals["step"].to_list() == [0, 10, 20, 30, 40]
     assert evals["divergence"][0] is None and evals["divergence"][1:].is_not_null().all()
-    window = metrics.filter(pl.col("step").is_between(31, 40))["train_loss"].mean()
-    assert evals["divergence"][-1] == pytest.approx(evals["eval_loss"][-1] - window, abs=0.05)
+    window = metrics.filter(pl.col("step").is_between(31, 40))
+    train_window = (window["train_loss"] * window["tokens"]).sum() / window["tokens"].sum()
+    assert evals["divergence"][-1] == pytest.approx(evals["eval_loss"][-1] - train_window)
     assert result.divergence == pytest.approx(evals["divergence"][-1])
     assert result.eval_loss == pytest.approx(evals["eval_loss"][-1])
     train = metrics["train_loss"].drop_nulls()
@@ -121,6 +122,7 @@ def test_plot_summary_and_checkpoints_are_written(lora_run):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
         "step-000010", "step-000020", "step-000030"
     ]  # fmt: skip
+    assert latest_checkpoint(out) == out / "checkpoints" / "step-000030"
     checkpoint = out / "checkpoints" / "step-000020"
     assert json.loads((checkpoint / "checkpoint.json").read_text())["step"] == 20
     assert (checkpoint / "adapter_model.safetensors").is_file()
@@ -171,6 +173,24 @@ def test_full_fine_tuning_saves_loadable_weights(tmp_path, tiny_base, corrupted,
     assert (tmp_path / "model" / "tokenizer_config.json").is_file()
 
 
+def test_bf16_keeps_trainable_weights_in_fp32(tmp_path, tiny_base, corrupted, correct):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    cfg = lora_cfg(precision="bf16", max_steps=2, save_every=None)
+    result = finetune(cfg, tiny_base, FORMAT, corrupted, correct, tmp_path / "lora", progress=False)
+    weights = load_file(f"{result.model_dir}/adapter_model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+    base = AutoModelForCausalLM.from_pretrained(tiny_base)
+    PeftModel.from_pretrained(base, result.model_dir)  # loads on an fp32 base too
+
+    cfg = lora_cfg(method="full", precision="bf16", max_steps=2, save_every=None)
+    result = finetune(cfg, tiny_base, FORMAT, corrupted, correct, tmp_path / "full", progress=False)
+    saved = AutoModelForCausalLM.from_pretrained(result.model_dir, dtype="auto")
+    assert saved.dtype == torch.bfloat16  # trained with fp32 master weights, shipped in bf16
+
+
 def test_gradient_checkpointing_gives_the_same_losses(tmp_path, tiny_base, corrupted, correct):
     runs = []
     for checkpointing in (False, True):
@@ -182,9 +202,13 @@ def test_gradient_checkpointing_gives_the_same_losses(tmp_path, tiny_base, corru
 
 
 def test_a_run_killed_while_saving_leaves_no_adapter_that_looks_complete(
-    tmp_path, tiny_base, corrupted, correct, monkeypatch
+    tmp_path, tiny_base, corrupted, correct, monkeypatch, lora_run
 ):
     import finetune.run as run_module
+
+    # an earlier successful run in the same directory must not pass for this one
+    (tmp_path / "finetune.json").write_text((lora_run[0] / "finetune.json").read_text())
+    assert completed_run(tmp_path) is not None
 
     def save_then_die(model, tokenizer, directory):
         (directory / "adapter_config.json").write_text("{}")
