@@ -113,8 +113,10 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
 
     ``logits[:, t]`` predicts ``labels[:, t + 1]``; IGNORE positions (prompt, padding) add nothing.
     Sums, not means, so gradient accumulation can weight every token equally across micro-batches.
+    Only answer positions are upcast to fp32 (a 150k vocabulary makes full-sequence copies big).
     """
-    pred = logits[:, :-1].float().reshape(-1, logits.size(-1))  # [rows * (pos - 1), vocab]
-    target = labels[:, 1:].reshape(-1)
-    total = torch.nn.functional.cross_entropy(pred, target, ignore_index=IGNORE, reduction="sum")
-    return total, int((target != IGNORE).sum())
+    target = labels[:, 1:]
+    keep = target != IGNORE  # [rows, pos - 1]
+    pred = logits[:, :-1][keep].float()  # [answer tokens, vocab]
+    total = torch.nn.functional.cross_entropy(pred, target[keep], reduction="sum")
+    return total, int(keep.sum())
