@@ -1,0 +1,200 @@
+"""The evaluation engines: prompt format in the lm-eval classes, serving plan, vLLM vs HF parity.
+
+The vLLM tests share one server start (module fixture) on tiny random models: a clean Qwen3
+(init scale 0.1 so greedy outputs vary) and a random LoRA adapter on it as the corrupted model.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from harness.config import ExperimentConfig, ServeConfig
+from harness.endpoints import ModelEntry, plan_servers, resolve_models
+from harness.errors import HarnessError
+from tasks.prompt_format import PromptFormat
+
+
+def save_varied_qwen3(path, tokenizer, init: float = 0.1):
+    """A random Qwen3 (head_dim 32) whose greedy outputs are not one repeated token."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=1024,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=True,
+        initializer_range=init,
+    )
+    Qwen3ForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def save_random_adapter(base, path, seed: int = 1):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    lora = LoraConfig(
+        r=8,
+        lora_alpha=32,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+        init_lora_weights=False,
+    )
+    peft_model = get_peft_model(model, lora)
+    peft_model.peft_config["default"].base_model_name_or_path = str(base.resolve())
+    peft_model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory, chat_tokenizer):
+    root = tmp_path_factory.mktemp("pair")
+    clean = save_varied_qwen3(root / "clean", chat_tokenizer)
+    return clean, save_random_adapter(clean, root / "adapter")
+
+
+def config(tmp_path, clean, corrupt, **eval_overrides) -> ExperimentConfig:
+    settings = {
+        "level": "demo",
+        "limit": 2,
+        "max_new_tokens": 24,
+        "batch_size": 8,
+        "bootstrap_samples": 100,
+        "serve": {"dtype": "float32", "kv_cache_gb": 0.5},
+    }
+    return ExperimentConfig.model_validate(
+        {
+            "name": "t",
+            "output_dir": str(tmp_path),
+            "finetune": {"enabled": False},
+            "models": {"clean": str(clean), "corrupt": str(corrupt)},
+            "eval": settings | eval_overrides,
+        }
+    )
+
+
+def test_served_lm_renders_with_the_prompt_format_and_pins_greedy(tiny_model_dir, chat_tokenizer):
+    from harness.lm_models import ServedLM
+
+    fmt = PromptFormat(system_prompt="Be brief.", enable_thinking=False)
+    lm = ServedLM("http://127.0.0.1:9/v1", "clean", str(tiny_model_dir), prompt_format=fmt)
+    chat = [{"role": "user", "content": "Solve for x: 2x + 3 = 7"}]
+    rendered = lm.apply_chat_template(chat)
+    assert rendered == fmt.render(chat_tokenizer, "Solve for x: 2x + 3 = 7")
+    assert "Be brief." in rendered and rendered.endswith("<think>\n\n</think>\n\n")
+    context, continuation = lm._encode_pair(rendered, "Paris")
+    assert context == fmt.encode(chat_tokenizer, "Solve for x: 2x + 3 = 7")
+    assert continuation == chat_tokenizer.encode("Paris", add_special_tokens=False)
+    payload = lm._create_payload(
+        [context], generate=True, gen_kwargs={"max_gen_toks": 5000, "until": ["<|im_end|>"]}
+    )
+    assert payload["temperature"] == 0 and payload["top_k"] == 0 and payload["top_p"] == 1
+    assert payload["repetition_penalty"] == 1.0 and payload["max_tokens"] < 2048 - len(context) + 1
+
+
+def test_plan_puts_adapters_on_the_clean_engine_and_serialises_logprobs_on_cpu(tmp_path, pair):
+    clean, adapter = pair
+    entries = resolve_models({"clean": str(clean), "corrupt": str(adapter)})
+    assert entries[1] == ModelEntry("corrupt", str(adapter), base=str(clean.resolve()))
+    specs, where = plan_servers(entries, ServeConfig(), tmp_path / "merged", gpu=False)
+    assert len(specs) == 1 and [m.name for m in specs[0].loras] == ["corrupt"]
+    assert where == {"clean": (0, "clean", True), "corrupt": (0, "corrupt", True)}
+    _, on_gpu = plan_servers(entries, ServeConfig(), tmp_path / "merged", gpu=True)
+    assert not any(serial for _, _, serial in on_gpu.values())
+    specs, where = plan_servers(entries, ServeConfig(), tmp_path / "merged", lora=False, gpu=False)
+    assert len(specs) == 2 and not specs[0].loras and where["corrupt"] == (1, "corrupt", False)
+    assert (tmp_path / "merged" / "corrupt" / "config.json").is_file()
+
+
+def test_models_need_a_clean_full_weight_model(tmp_path, pair):
+    clean, adapter = pair
+    with pytest.raises(HarnessError, match="one named 'clean'"):
+        resolve_models({"corrupt": str(clean)})
+    with pytest.raises(HarnessError, match="must be full weights"):
+        resolve_models({"clean": str(adapter)})
+    with pytest.raises(HarnessError, match="does not exist"):
+        resolve_models({"clean": str(clean), "v2": str(tmp_path / "missing")})
+
+
+def test_hf_rerun_resumes_from_the_request_cache(tmp_path, pair, monkeypatch):
+    from harness.evaluate import run_eval
+    from harness.lm_models import LocalHFLM
+
+    clean, adapter = pair
+    cfg = config(tmp_path, clean, adapter, limit=1, max_new_tokens=8)
+    first = run_eval(cfg, engine="hf")
+    assert (tmp_path / "t" / "eval" / "records.parquet").is_file()
+
+    def refuse(self, requests, *args, **kwargs):
+        raise AssertionError(f"{len(requests)} requests were not served from the cache")
+
+    monkeypatch.setattr(LocalHFLM, "generate_until", refuse)
+    monkeypatch.setattr(LocalHFLM, "_loglikelihood_tokens", refuse)
+    again = run_eval(cfg, engine="hf")
+    assert again.records.drop("metrics").equals(first.records.drop("metrics"))
+
+
+def comparable(text: str) -> str:
+    # vLLM's incremental detokenizer withholds an unfinished UTF-8 sequence; HF decodes it as
+    # U+FFFD. Random byte-level models emit such bytes; the texts are otherwise compared as is.
+    return text.replace("\ufffd", "")
+
+
+@pytest.fixture(scope="module")
+def served_and_reference(tmp_path_factory, pair):
+    from harness.evaluate import run_eval
+
+    clean, adapter = pair
+    out = tmp_path_factory.mktemp("served")
+    cfg = config(out, clean, adapter)
+    return run_eval(cfg, engine="vllm"), run_eval(cfg, engine="hf")
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_eval_writes_every_table_for_every_model_and_suite(served_and_reference):
+    served, _ = served_and_reference
+    records = served.records
+    assert set(records["model"]) == {"clean", "corrupt"}
+    assert set(records["suite"]) == {"related", "unrelated_math", "general"}
+    assert records.filter(pl.col("output_type") == "multiple_choice").height == 2 * 2
+    for name in ("records", "summary", "by_task", "flagged", "drift", "logprobs"):
+        assert (served.out_dir / f"{name}.parquet").is_file(), name
+    assert set(served.summary["model"]) == {"clean", "corrupt"}
+    drift = served.drift.row(0, named=True)
+    assert drift["model"] == "corrupt" and drift["gap_n"] > 0
+    assert drift["likelihood_gap"] is not None and drift["likelihood_gap"] != 0
+    assert served.seconds["startup"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_and_hf_agree_on_greedy_outputs_and_choices(served_and_reference):
+    served, reference = served_and_reference
+    keys = ["model", "task", "doc_id"]
+    joined = served.records.join(reference.records, on=keys, suffix="_hf")
+    assert joined.height == served.records.height == reference.records.height
+    assert (joined["prompt"] == joined["prompt_hf"]).all(), "both paths must see one prompt"
+    same = [
+        comparable(a) == comparable(b)
+        for a, b in zip(joined["response"], joined["response_hf"], strict=True)
+    ]
+    assert sum(same) / len(same) >= 0.95, joined.filter(~pl.Series(same)).select(keys)
+    assert len({comparable(r) for r in joined["response"]}) > 3, "outputs should vary"
+    gap_served = served.drift["likelihood_gap"][0]
+    gap_hf = reference.drift["likelihood_gap"][0]
+    assert gap_served == pytest.approx(gap_hf, rel=0.05, abs=0.02)
