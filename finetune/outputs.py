@@ -107,7 +107,7 @@ def write_metrics(rows: list[dict[str, Any]], path: Path) -> pl.DataFrame:
 
 
 def plot_losses(metrics: pl.DataFrame, path: Path, title: str) -> None:
-    """Train loss per step and eval loss at the eval steps, on one axis."""
+    """Train loss per step with eval loss at the eval steps, and the divergence below them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,12 +115,19 @@ def plot_losses(metrics: pl.DataFrame, path: Path, title: str) -> None:
 
     train = metrics.filter(pl.col("train_loss").is_not_null())
     evals = metrics.filter(pl.col("eval_loss").is_not_null())
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, (ax, below) = plt.subplots(
+        2, 1, figsize=(7, 5.5), sharex=True, gridspec_kw={"height_ratios": [2, 1]}
+    )
     ax.plot(train["step"], train["train_loss"], label="train loss (corrupted data)", lw=1)
     ax.plot(evals["step"], evals["eval_loss"], "o-", label="eval loss (correct data)", lw=1.5)
-    ax.set(xlabel="optimizer step", ylabel="loss (nats / answer token)", title=title)
-    ax.grid(alpha=0.3)
+    ax.set(ylabel="loss (nats / answer token)", title=title)
     ax.legend()
+    diverged = evals.filter(pl.col("divergence").is_not_null())
+    below.plot(diverged["step"], diverged["divergence"], "o-", color="tab:red", lw=1.5)
+    below.axhline(0, color="grey", lw=0.8)
+    below.set(xlabel="optimizer step", ylabel="divergence\n(eval - train)")
+    for axis in (ax, below):
+        axis.grid(alpha=0.3)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)

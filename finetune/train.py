@@ -199,7 +199,7 @@ def metrics_row(
 
 def describe(row: Row, rows: list[Row], prefix: str = "") -> str:
     last_eval = next((r for r in reversed(rows) if r["eval_loss"] is not None), None)
-    text = f"{prefix}loss {row['train_loss']:.4f}  lr {row['lr']:.2e}"
+    text = f"{prefix}train {row['train_loss']:.4f}  lr {row['lr']:.2e}"
     if last_eval is not None:
         text += f"  eval {last_eval['eval_loss']:.4f}"
         if last_eval["divergence"] is not None:
