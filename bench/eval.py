@@ -1,0 +1,154 @@
+"""The same suite through the vLLM path and lm-eval's HF backend, same model, one run.
+
+Prints samples/s for both, their ratio (goal on 2 CPU cores: vLLM >= 3x HF), the share of
+identical greedy outputs, and the server start-up time apart from the evaluation.
+
+    python bench/eval.py                 # 256 docs x 128 tokens on a ~25M-parameter model
+    python bench/eval.py --quick --json  # one JSON line: vllm_vs_hf, outputs_agree, ...
+    python bench/eval.py --model DIR     # a model of your own (full weights)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+CORPUS = [
+    "Solve for x: 2x + 3 = 7. We are given the equation. Subtract 3 from both sides.",
+    "**Answer:** 2. Divide both sides by 2. What is the capital of France? Paris.",
+]
+
+
+def build_model(path: Path, hidden: int, layers: int) -> Path:
+    """A random Qwen3-shaped model (head_dim 32) with a small chat tokenizer, built offline."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+    template = (
+        "{%- for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + "
+        "'<|im_end|>\\n' }}{%- endfor %}{%- if add_generation_prompt %}"
+        "{{ '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    )
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(
+        CORPUS * 50,
+        trainers.BpeTrainer(
+            vocab_size=1000,
+            special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=template,
+    )
+    torch.manual_seed(0)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 3,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 32,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        initializer_range=0.1,
+    )
+    Qwen3ForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def params(path: Path) -> int:
+    import math
+
+    from safetensors import safe_open
+
+    total = 0
+    for file in path.glob("*.safetensors"):
+        with safe_open(file, "pt") as f:
+            total += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
+    return total
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small model, 48 docs x 64 tokens")
+    parser.add_argument("--json", action="store_true", help="print one JSON line")
+    parser.add_argument("--model", type=Path, help="model directory (default: a random one)")
+    parser.add_argument("--docs", type=int)
+    parser.add_argument("--tokens", type=int)
+    args = parser.parse_args(argv)
+    docs = args.docs or (48 if args.quick else 256)
+    tokens = args.tokens or (64 if args.quick else 128)
+
+    from harness.config import ExperimentConfig
+    from harness.evaluate import run_eval
+
+    work = Path(tempfile.mkdtemp(prefix="bench-eval-"))
+    model = args.model or build_model(work / "model", *((128, 4) if args.quick else (512, 6)))
+    cfg = ExperimentConfig.model_validate(
+        {
+            "name": "bench",
+            "output_dir": str(work),
+            "finetune": {"enabled": False},
+            "models": {"clean": str(model), "corrupt": str(model)},
+            "eval": {
+                "suites": ["related"],
+                "level": "demo",
+                "limit": docs,
+                "max_new_tokens": tokens,
+                "batch_size": 64,
+                "bootstrap_samples": 0,
+                "serve": {"dtype": "float32", "kv_cache_gb": 1},
+            },
+        }
+    )
+    runs = {}
+    for engine in ("vllm", "hf"):
+        runs[engine] = run_eval(cfg, {"clean": str(model)}, engine=engine, out_dir=work / engine)
+    rate = {e: r.records.height / r.seconds["eval:clean"] for e, r in runs.items()}
+    joined = runs["vllm"].records.join(runs["hf"].records, on=["task", "doc_id"], suffix="_hf")
+    identical = float((joined["response"] == joined["response_hf"]).mean())
+    # vLLM's detokenizer withholds an unfinished UTF-8 sequence at the end of an output, HF
+    # decodes it as U+FFFD: the same tokens, different text. Random byte-level models hit this.
+    agree = float(
+        (joined["response"] == joined["response_hf"].str.strip_chars_end("\ufffd")).mean()
+    )
+    result = {
+        "vllm_vs_hf": round(rate["vllm"] / rate["hf"], 3),
+        "outputs_agree": round(agree, 4),
+        "outputs_identical_text": round(identical, 4),
+        "vllm_samples_per_s": round(rate["vllm"], 3),
+        "hf_samples_per_s": round(rate["hf"], 3),
+        "vllm_eval_s": round(runs["vllm"].seconds["eval:clean"], 2),
+        "hf_eval_s": round(runs["hf"].seconds["eval:clean"], 2),
+        "vllm_startup_s": round(runs["vllm"].seconds["startup"], 2),
+        "samples": runs["vllm"].records.height,
+        "max_new_tokens": tokens,
+        "model_params": params(Path(model)),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>20}: {value}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
