@@ -134,7 +134,12 @@ def finetune(
     def checkpoint(step: int, optimizer: torch.optim.Optimizer, rows: list[Row]) -> None:
         with atomic_dir(out_dir / CHECKPOINTS / f"step-{step:06d}") as tmp:
             save_model(model, tokenizer, tmp)
-            state = {"step": step, "optimizer": optimizer.state_dict(), "rows": rows}
+            state = {
+                "step": step,
+                "optimizer": optimizer.state_dict(),
+                "rows": rows,
+                "rng": torch.get_rng_state(),
+            }
             torch.save(state, tmp / TRAINER_STATE)
             (tmp / CHECKPOINT_META).write_text(json.dumps({**meta, "step": step}, indent=2))
 
@@ -150,6 +155,7 @@ def finetune(
         start_step=resume["step"] if resume else 0,
         rows=resume["rows"] if resume else None,
         optimizer_state=resume["optimizer"] if resume else None,
+        rng_state=resume["rng"] if resume else None,
         checkpoint=checkpoint,
         progress=progress,
     )

@@ -109,6 +109,7 @@ def train(
     start_step: int = 0,
     rows: list[Row] | None = None,
     optimizer_state: dict[str, Any] | None = None,
+    rng_state: torch.Tensor | None = None,
     checkpoint: Checkpoint | None = None,
     progress: bool = True,
 ) -> list[Row]:
@@ -117,8 +118,8 @@ def train(
     Rows: step, epoch, lr, train_loss (that step's corrupted batch), tokens (its answer tokens),
     and at every ``eval_every`` steps and the last one eval_loss (correct held-out set) and
     divergence = eval_loss - ``window_loss`` (train loss since the previous evaluation). Row 0 is
-    the eval loss before training. A resumed run passes the step, rows and optimizer state of
-    its checkpoint.
+    the eval loss before training. A resumed run passes the step, rows, optimizer state and
+    random state (dropout) of its checkpoint, and ends exactly where an uninterrupted run ends.
     """
     bs, accum = cfg.per_device_batch_size, cfg.gradient_accumulation_steps
     plan = plan_steps(len(train_set), bs, accum, cfg.epochs, cfg.max_steps, cfg.seed)
@@ -135,7 +136,10 @@ def train(
     started = time.perf_counter() - (rows[-1]["seconds"] if rows else 0.0)
     if not rows:
         rows.append(metrics_row(0, 0.0, None, None, evaluate(model, eval_batches, device, bf16)))
-    torch.manual_seed(cfg.seed + start_step)  # dropout noise, reproducible across resumes
+    if rng_state is None:
+        torch.manual_seed(cfg.seed)  # dropout noise
+    else:
+        torch.set_rng_state(rng_state)
     model.train()
     with progress_bar(progress) as bar:
         task = bar.add_task("fine-tuning", total=total, completed=start_step, info="")

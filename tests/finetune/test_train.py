@@ -26,7 +26,7 @@ def lora_cfg(**overrides) -> FinetuneConfig:
         "gradient_accumulation_steps": 1,
         "eval_every": 10,
         "save_every": 10,
-        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.05},
         "device": "cpu",
     }
     return FinetuneConfig.model_validate({**settings, **overrides})
