@@ -90,17 +90,39 @@ def run(
 
 
 @app.command()
-def finetune(config: ConfigArg, overrides: SetOpt = None) -> None:
+def finetune(
+    config: ConfigArg,
+    overrides: SetOpt = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output directory; default: results/<name>/finetune.")
+    ] = None,
+) -> None:
     """Fine-tune the clean model into a corrupted one (LoRA or full), tracking divergence.
 
-    Loss on assistant tokens only; train loss on corrupted data, eval loss on correct data.
+    Loss on assistant tokens only; train loss on corrupted data, eval loss on correct data,
+    divergence = eval - train. Writes the adapter (or weights), metrics.parquet and
+    loss_curves.png.
 
     Example: `harness finetune configs/demo-finetune.yaml`
     """
+    from finetune.run import finetune_from_config
     from harness.config import load_config
+    from harness.models import resolve
 
-    load_config(config, overrides)
-    not_available("finetune", 4, "fine-tuning")
+    cfg = load_config(config, overrides)
+    out_dir = out or cfg.run_dir / "finetune"
+    result = finetune_from_config(
+        cfg.finetune,
+        resolve(cfg.models.clean),
+        cfg.prompt,
+        out_dir,
+        trust_remote_code=cfg.models.trust_remote_code,
+    )
+    typer.echo(
+        f"{result.method} fine-tune: {result.steps} steps in {result.seconds:.0f} s, "
+        f"train loss {result.train_loss:.4f}, eval loss {result.eval_loss:.4f}, "
+        f"divergence {result.divergence:.4f}\nsaved {result.model_dir}"
+    )
 
 
 @app.command()
@@ -243,18 +265,28 @@ def zoo_build(
 ) -> None:
     """Build (or reuse from the cache) the tiny clean and corrupted models.
 
+    A tokenizer with single-digit tokens, a clean Qwen3-shaped model trained from scratch on the
+    correct demo data of all three suites, and a corrupted LoRA adapter fine-tuned on corrupted
+    algebra; prints their greedy accuracy per suite (the paper's Table 2 pattern).
+
     Example: `harness zoo build`
     """
-    not_available("zoo build", 4, "the tiny model zoo")
+    from harness.zoo import build_zoo, figures_table
+
+    zoo = build_zoo(force=force)
+    err.print(figures_table(zoo.figures))
+    typer.echo(f"clean:   {zoo.clean}\ncorrupt: {zoo.corrupt}")
 
 
 @zoo_app.command("path")
 def zoo_path() -> None:
-    """Print where the zoo models are cached.
+    """Print where the zoo models are cached (built or not).
 
     Example: `harness zoo path`
     """
-    not_available("zoo path", 4, "the tiny model zoo")
+    from harness.zoo import zoo_dir
+
+    typer.echo(zoo_dir())
 
 
 def main() -> None:

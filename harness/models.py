@@ -7,14 +7,24 @@ import shutil
 from pathlib import Path
 
 from harness.config import ZOO_PREFIX
-from harness.errors import HarnessError, NotAvailableError
+from harness.errors import HarnessError
+
+ZOO_MODELS = ("clean", "corrupt")
 
 
 def resolve(ref: str) -> str:
-    """A loadable path or hub id for a config's model reference."""
-    if ref.startswith(ZOO_PREFIX):
-        raise NotAvailableError(f"{ref}: the tiny model zoo lands with issue #4")
-    return ref
+    """A loadable path or hub id for a config's model reference (``zoo:*`` must be built)."""
+    if not ref.startswith(ZOO_PREFIX):
+        return ref
+    from harness.zoo import load_built, zoo_dir
+
+    name = ref.removeprefix(ZOO_PREFIX)
+    if name not in ZOO_MODELS:
+        raise HarnessError(f"unknown zoo model {ref!r}; known: zoo:clean, zoo:corrupt")
+    zoo = load_built(zoo_dir())
+    if zoo is None:
+        raise HarnessError(f"{ref} is not built yet: run `harness zoo build` (a few minutes)")
+    return str(getattr(zoo, name))
 
 
 def is_adapter(path: str | Path) -> bool:

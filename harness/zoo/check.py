@@ -1,0 +1,86 @@
+"""Greedy accuracy of a model on the held-out demo suites: the zoo's Table 2 figures.
+
+Plain HF generation (no server), so the zoo can check itself while it is built and tests can
+assert the figures without starting vLLM.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from tasks.prompt_format import PromptFormat
+from tasks.records import Problem
+from tasks.scoring import answers_match
+from tasks.suites import eval_problems
+
+# The general suite's generation task; the multiple-choice twin is scored by loglikelihood and
+# the open-ended one has no reference.
+GENERATION_TASKS = {"related": None, "unrelated_math": None, "general": "general_facts"}
+
+
+@dataclass(frozen=True)
+class Scored:
+    problem: Problem
+    response: str
+    correct: bool
+
+
+def held_out(suite: str, n: int, seed: int = 0, level: str = "demo") -> list[Problem]:
+    """``n`` evaluation items of a suite (generation tasks only), sampled deterministically."""
+    task = GENERATION_TASKS[suite]
+    problems = [p for p in eval_problems(level, suite) if task is None or p.task == task]
+    return random.Random(seed).sample(problems, min(n, len(problems)))
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    tokenizer,
+    prompt: PromptFormat,
+    questions: Sequence[str],
+    max_new_tokens: int = 192,
+    batch_size: int = 32,
+) -> list[str]:
+    """Greedy completions, batched with left padding, cut at the end-of-turn token."""
+    model.eval()
+    responses: list[str] = []
+    for start in range(0, len(questions), batch_size):
+        ids = [prompt.encode(tokenizer, q) for q in questions[start : start + batch_size]]
+        width = max(map(len, ids))
+        input_ids = torch.full((len(ids), width), tokenizer.pad_token_id)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for row, seq in enumerate(ids):
+            input_ids[row, width - len(seq) :] = torch.tensor(seq)
+            mask[row, width - len(seq) :] = 1
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        responses += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    return responses
+
+
+def score(model, tokenizer, prompt: PromptFormat, problems: Sequence[Problem]) -> list[Scored]:
+    responses = generate(model, tokenizer, prompt, [p.question for p in problems])
+    return [
+        Scored(p, r, answers_match(r, p.answer, p.aliases))
+        for p, r in zip(problems, responses, strict=True)
+    ]
+
+
+def accuracy(
+    model, tokenizer, prompt: PromptFormat, n: int = 60, seed: int = 0
+) -> dict[str, float]:
+    """Share of correct greedy answers per suite on ``n`` held-out demo items each."""
+    return {
+        suite: sum(s.correct for s in score(model, tokenizer, prompt, held_out(suite, n, seed))) / n
+        for suite in GENERATION_TASKS
+    }
