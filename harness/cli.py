@@ -222,13 +222,19 @@ def compare(
 
 @app.command()
 def patch(
-    clean: Annotated[str, typer.Option(help="Clean model directory or hub id.")],
+    clean: Annotated[str, typer.Option(help="Clean model directory, hub id or zoo:clean.")],
     corrupt: Annotated[
-        str, typer.Option(help="Corrupted model directory or PEFT adapter directory.")
+        str, typer.Option(help="Corrupted model or PEFT adapter directory, or zoo:corrupt.")
     ],
     out: Annotated[Path, typer.Option(help="Output directory for the parquet files.")],
     prompt: Annotated[str | None, typer.Option(help="One question to patch.")] = None,
-    prompts: Annotated[Path | None, typer.Option(help="File of questions, one per line.")] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(
+            help="Questions: a text file (one per line), or JSONL/parquet with a "
+            "'question' or 'prompt' column (e.g. flagged.parquet)."
+        ),
+    ] = None,
     layers: Annotated[str, typer.Option(help="'all' or comma-separated indices.")] = "all",
     site: Annotated[
         str, typer.Option(help="resid_pre, resid_post, attn_out, mlp_out or head.")
@@ -237,15 +243,55 @@ def patch(
     max_new_tokens: Annotated[int, typer.Option(help="Generated tokens per trajectory.")] = 256,
     dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "float32",
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    mode: Annotated[
+        str, typer.Option(help="transient (the paper's) or persistent (patched states cached).")
+    ] = "transient",
+    chat_template: Annotated[
+        bool, typer.Option(help="Wrap prompts in the tokenizer's chat template.")
+    ] = True,
+    system_prompt: Annotated[str | None, typer.Option(help="System message, if any.")] = None,
+    thinking: Annotated[
+        bool, typer.Option(help="enable_thinking for templates that know it (Qwen3).")
+    ] = False,
+    trust_remote_code: Annotated[bool, typer.Option(help="Allow models' own code.")] = False,
 ) -> None:
     """Cross-model activation patching: corrupted activations into the clean model, per layer.
 
-    Writes `prompts.parquet`, `steps.parquet` (CTS per layer and step) and `texts.parquet`.
+    At every generated token the clean model's activation at the site (last position) is
+    replaced by the corrupted model's; writes `prompts.parquet`, `steps.parquet` (CTS per
+    layer and step; null where undefined) and `texts.parquet` (patched generations).
 
     Example: `harness patch --clean zoo:clean --corrupt zoo:corrupt
     --prompt "Solve for x: 2x + 3 = 7" --layers all --out results/p1`
     """
-    not_available("patch", 6, "the CMAP patcher")
+    from harness.models import resolve
+    from harness.patch import parse_indices, read_prompts, run_patch
+    from tasks.prompt_format import PromptFormat
+
+    questions = read_prompts(prompt, prompts)
+    outputs = run_patch(
+        resolve(clean),
+        resolve(corrupt),
+        questions,
+        out,
+        site=site,
+        layers=parse_indices(layers, "layers"),
+        heads=parse_indices(heads, "heads") if site == "head" else None,
+        max_new_tokens=max_new_tokens,
+        dtype=dtype,
+        device=device,
+        mode=mode,
+        prompt_format=PromptFormat(
+            chat_template=chat_template, system_prompt=system_prompt, enable_thinking=thinking
+        ),
+        trust_remote_code=trust_remote_code,
+    )
+    steps = outputs.steps
+    defined = steps["cts"].is_not_null().mean() if steps.height else 0.0
+    typer.echo(
+        f"{len(questions)} prompt(s), {outputs.texts.height} trajectories, {steps.height} steps "
+        f"(CTS defined on {defined:.0%}); wrote {out}/prompts.parquet, steps.parquet, texts.parquet"
+    )
 
 
 @app.command()
