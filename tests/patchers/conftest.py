@@ -7,7 +7,17 @@ Helpers live in tiny_models.py and cmap_reference.py; tests import them as top-l
 from __future__ import annotations
 
 import pytest
+import torch
 from tiny_models import perturbed, tiny_model, with_adapter
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and on a busy 2-core machine far more steadily."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

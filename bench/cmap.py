@@ -1,0 +1,269 @@
+"""Benchmark of the CMAP patcher, measured side by side in one run.
+
+On a random Qwen3-shaped model (8 layers, ~29M parameters, float32), patching resid_post of
+every layer for 4 prompts (32 trajectories, about one prompt's worth on Qwen3-4B's 36 layers)
+while generating 128 tokens, it times:
+
+  (a) naive: the test suite's reference (the paper's loop: per trajectory, per token, three
+      full forwards of the whole sequence without a cache), with a full corrupted model;
+  (b) ours: `patchers.run_cmap`, once with a full corrupted model and once with a LoRA adapter
+      (one copy of the base weights for all rows);
+  (c) floor: a plain KV-cached greedy decoding loop (model forward + DynamicCache + argmax, no
+      `generate()`) of the clean model alone over the same number of trajectories;
+
+and prints speedup_vs_naive = a/b and ratio_to_floor = b/c (full corrupted model; the adapter's
+figures beside them), the token agreement of (b) with (a) and each measurement's peak resident
+memory. Each measurement runs in its own process (so peak memory is its own) with one torch
+thread (on a shared 2-core machine two threads swing timings by 10x); (b) and (c) take the
+best of `--repeats` runs, since other work on the machine only ever adds time. The naive loop
+costs the same for every trajectory (one at a time, same lengths, no eos); with `--quick` it
+runs `--naive-trajectories` of them (first and last layer) and its time is scaled to all of
+them, which the JSON says.
+
+    .venv/bin/python bench/cmap.py --quick --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "patchers")]
+
+SHAPE = dict(
+    vocab_size=8192,
+    hidden_size=512,
+    intermediate_size=1536,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    head_dim=64,
+    max_position_embeddings=1024,
+    tie_word_embeddings=True,
+    initializer_range=0.1,  # peaked logits, as in a trained model: argmaxes are not near-ties
+)
+
+
+def build(args, kind: str):
+    """(clean, corrupted side) for kind 'full' or 'adapter'; deterministic."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    torch.manual_seed(0)
+    config = Qwen3Config(num_hidden_layers=args.layers, **SHAPE)
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    if kind == "full":
+        from tiny_models import perturbed
+
+        return clean, perturbed(clean, scale=0.05)
+    lora = LoraConfig(
+        r=16,
+        lora_alpha=32,
+        target_modules=[
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+    )
+    peft_model = get_peft_model(clean, lora)
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.copy_(0.02 * torch.randn(param.shape, generator=generator))
+    return clean, peft_model.eval()
+
+
+def prompts(args) -> list[list[int]]:
+    import torch
+
+    generator = torch.Generator().manual_seed(7)
+    ids = torch.randint(
+        0, SHAPE["vocab_size"], (args.prompts, args.prompt_len), generator=generator
+    )
+    return ids.tolist()
+
+
+def measure_ours(args, kind: str) -> dict:
+    from patchers.cmap import run_cmap
+    from patchers.models import ModelPair
+
+    clean, corrupt = build(args, kind)
+    pair = ModelPair(clean, corrupt)
+    best, tokens = float("inf"), None
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        result = run_cmap(pair, prompts(args), max_new_tokens=args.tokens)
+        best = min(best, time.perf_counter() - start)
+        tokens = result.generations.select("prompt_id", "layer", "token_ids").rows()
+    return {"seconds": best, "tokens": tokens}
+
+
+def measure_floor(args) -> dict:
+    import torch
+
+    clean, _ = build(args, "full")
+    rows = [p for _ in range(args.layers) for p in prompts(args)]
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            ids = torch.tensor(rows)
+            out = clean(input_ids=ids, use_cache=True, logits_to_keep=1)
+            token = out.logits[:, -1].argmax(-1)
+            for _ in range(args.tokens - 1):
+                out = clean(
+                    input_ids=token[:, None],
+                    past_key_values=out.past_key_values,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                token = out.logits[:, -1].argmax(-1)
+            best = min(best, time.perf_counter() - start)
+    return {"seconds": best}
+
+
+def measure_naive(args, kind: str, trajectories: list[tuple[int, int]]) -> dict:
+    from cmap_reference import adapter_sides, full_model_side, reference_cmap
+
+    clean, corrupt = build(args, kind)
+    if kind == "full":
+        sides = full_model_side(clean), full_model_side(corrupt)
+    else:
+        sides = adapter_sides(corrupt)
+    tokens = []
+    all_prompts = prompts(args)
+    start = time.perf_counter()
+    for prompt_id, layer in trajectories:
+        steps = reference_cmap(
+            *sides, all_prompts[prompt_id], "resid_post", layer, None, args.tokens
+        )
+        tokens.append((prompt_id, layer, [s["token_id"] for s in steps]))
+    return {"seconds": time.perf_counter() - start, "tokens": tokens}
+
+
+def _worker(name: str, args, queue, *extra) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    result = {"floor": measure_floor, "ours": measure_ours, "naive": measure_naive}[name](
+        args, *extra
+    )
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put(result)
+
+
+def run_isolated(name: str, args, *extra) -> dict:
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_worker, args=(name, args, queue, *extra))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def agreement(ours: list, naive: list) -> float:
+    """Fraction of the naive run's tokens that ours reproduces, position by position."""
+    mine = {(p, layer): t for p, layer, t in ours}
+    same = total = 0
+    for prompt_id, layer, tokens in naive:
+        other = mine[(prompt_id, layer)]
+        total += max(len(tokens), len(other))
+        same += sum(a == b for a, b in zip(tokens, other, strict=False))
+    return same / total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="time the naive loop on a few trajectories, 2 repeats"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON line")
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--prompts", type=int, default=4, help="trajectories = layers x prompts")
+    parser.add_argument("--prompt-len", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--naive-trajectories", type=int, default=2, help="with --quick")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: steady on a shared machine)"
+    )
+    args = parser.parse_args()
+
+    if args.quick:
+        args.repeats = min(args.repeats, 2)
+    everything = [(p, layer) for layer in range(args.layers) for p in range(args.prompts)]
+    # With --quick: the first and last layers' trajectories first, then evenly between.
+    step = max(1, len(everything) // max(args.naive_trajectories - 1, 1))
+    subset = sorted({*everything[::step][: args.naive_trajectories - 1], everything[-1]})
+    naive_trajectories = subset if args.quick else everything
+    started = time.perf_counter()
+    floor = run_isolated("floor", args)
+    ours = run_isolated("ours", args, "full")
+    ours_adapter = run_isolated("ours", args, "adapter")
+    naive = run_isolated("naive", args, "full", naive_trajectories)
+    naive_seconds = naive["seconds"] * len(everything) / len(naive_trajectories)
+    report = {
+        "speedup_vs_naive": round(naive_seconds / ours["seconds"], 2),
+        "ratio_to_floor": round(ours["seconds"] / floor["seconds"], 3),
+        "token_agreement": round(agreement(ours["tokens"], naive["tokens"]), 4),
+        "adapter_ratio_to_floor": round(ours_adapter["seconds"] / floor["seconds"], 3),
+        "adapter_speedup_vs_naive": round(naive_seconds / ours_adapter["seconds"], 2),
+        "seconds": {
+            "naive_all_layers": round(naive_seconds, 2),
+            "ours_full": round(ours["seconds"], 3),
+            "ours_adapter": round(ours_adapter["seconds"], 3),
+            "floor": round(floor["seconds"], 3),
+        },
+        "naive_trajectories_timed": len(naive_trajectories),
+        "naive_scaled_from_subset": len(naive_trajectories) < len(everything),
+        "peak_rss_mb": {
+            "naive": round(naive["peak_rss_mb"]),
+            "ours_full": round(ours["peak_rss_mb"]),
+            "ours_adapter": round(ours_adapter["peak_rss_mb"]),
+            "floor": round(floor["peak_rss_mb"]),
+        },
+        "setup": {
+            "layers": args.layers,
+            "trajectories": args.layers * args.prompts,
+            "new_tokens": args.tokens,
+            "prompt_len": args.prompt_len,
+            "site": "resid_post",
+            "dtype": "float32",
+            "hidden": SHAPE["hidden_size"],
+            "threads": args.threads,
+        },
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    if args.json:
+        print(json.dumps(report))
+        return
+    scaled = ", scaled from a subset" if report["naive_scaled_from_subset"] else ""
+    print(f"naive reference (all trajectories{scaled}): {naive_seconds:.1f} s")
+    print(
+        f"patcher, full corrupted model: {ours['seconds']:.2f} s  "
+        f"({report['speedup_vs_naive']}x naive, {report['ratio_to_floor']}x floor)"
+    )
+    print(
+        f"patcher, LoRA adapter:         {ours_adapter['seconds']:.2f} s  "
+        f"({report['adapter_speedup_vs_naive']}x naive, {report['adapter_ratio_to_floor']}x floor)"
+    )
+    print(f"floor (clean model, KV cache): {floor['seconds']:.2f} s")
+    print(f"token agreement with the naive reference: {report['token_agreement']:.2%}")
+    print(f"peak RSS (MB): {report['peak_rss_mb']}")
+
+
+if __name__ == "__main__":
+    main()
