@@ -14,6 +14,7 @@ import torch
 from peft import PeftModel
 from peft.tuners.lora import Linear as LoraLinear
 from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils.other import AuxiliaryTrainingWrapper
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from patchers.errors import PatchError
@@ -96,10 +97,7 @@ def shared_base_problem(peft_model: PeftModel) -> str | None:
     if getattr(peft_model.peft_config[name], "peft_type", None) != "LORA":
         return "only LoRA adapters can share the base weights"
     for path, module in peft_model.get_base_model().named_modules():
-        if (
-            not isinstance(module, BaseTunerLayer)
-            and "modules_to_save" not in type(module).__name__
-        ):
+        if not isinstance(module, BaseTunerLayer | AuxiliaryTrainingWrapper):
             continue
         leaf = path.rsplit(".", 1)[-1]
         if not isinstance(module, LoraLinear) or leaf not in LORA_TARGETS:

@@ -88,3 +88,38 @@ def test_different_tokenizers_are_refused(model_dirs, tmp_path):
         (tmp_path / name / "vocab.json").write_text(json.dumps(vocab))
     with pytest.raises(PatchError, match="tokenizers differ"):
         load_pair(tmp_path / "clean", tmp_path / "corrupt")
+
+
+def adapter_with_saved_head():
+    """An adapter that also trains the LM head: its base cannot serve the clean rows as is."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], modules_to_save=["lm_head"])
+    peft_model = get_peft_model(tiny_model(), config)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name or "modules_to_save" in name:
+                param.add_(0.1 * torch.randn_like(param))
+    return peft_model.eval()
+
+
+def test_adapter_that_cannot_share_the_base_is_merged(tmp_path):
+    from peft import PeftModel as Peft
+
+    from patchers.models import ModelPair
+
+    peft_model = adapter_with_saved_head()
+    with pytest.raises(PatchError, match="does not adapt; merge the adapter"):
+        ModelPair(peft_model.get_base_model(), peft_model)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    tiny_model().save_pretrained(tmp_path / "clean")
+    pair = load_pair(tmp_path / "clean", tmp_path / "adapter")
+    assert pair.adapter is None and not isinstance(pair.corrupt, Peft)
+    assert not any("lora" in name for name, _ in pair.clean.named_modules())
+    steps = run_cmap(pair, PROMPTS, layers=[0], max_new_tokens=1).steps.sort("prompt_id")
+    with torch.no_grad():
+        expected = [int(peft_model(torch.tensor([p])).logits[0, -1].argmax()) for p in PROMPTS]
+        fresh = tiny_model()  # the same weights as the saved clean model
+        clean = [int(fresh(torch.tensor([p])).logits[0, -1].argmax()) for p in PROMPTS]
+    assert steps["y_corrupt"].to_list() == expected
+    assert steps["y_clean"].to_list() == clean
