@@ -1,0 +1,244 @@
+"""``harness run CONFIG``: the stages of an experiment, composed from the packages' functions.
+
+    finetune     finetune.run.finetune_from_config            -> <run>/finetune/
+    eval         harness.evaluate.run_eval (clean + corrupt)  -> <run>/eval/
+    progression  run_eval on the saved checkpoints (small limit) -> <run>/progression/
+    patch        harness.patch.run_patch per site, scored     -> <run>/patch/
+    report       harness.report.build_report                  -> report.html, figures/, summary.json
+
+``<run>/config.yaml`` holds the resolved config; ``run.json``, ``stages/`` and ``log.txt`` are
+kept by the runner (``harness.pipeline.runner``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from harness.config import ExperimentConfig
+from harness.errors import HarnessError
+from harness.pipeline.runner import Stage, StageResult, atomic_write_text, log, run_logging
+from harness.pipeline.runner import run_stages as run_all
+
+STAGES = ("finetune", "eval", "progression", "patch", "report")
+PROGRESSION_LIMIT = 20
+
+
+@dataclass
+class PipelineRun:
+    """What ``run_pipeline`` did: per-stage outcomes, the report and the headline figures."""
+
+    run_dir: Path
+    stages: list[StageResult]
+    report: Path
+    summary: dict
+    seconds: float
+
+
+def _tuned_dir(cfg: ExperimentConfig) -> Path:
+    return cfg.run_dir / "finetune"
+
+
+def _corrupt_ref(cfg: ExperimentConfig) -> str:
+    from harness.endpoints import default_models
+    from harness.models import resolve
+
+    return resolve(default_models(cfg)["corrupt"])
+
+
+def checkpoints(cfg: ExperimentConfig) -> list[Path]:
+    """The fine-tuning run's complete checkpoints, oldest first."""
+    found = (_tuned_dir(cfg) / "checkpoints").glob("step-*/checkpoint.json")
+    return sorted(path.parent for path in found)
+
+
+def finetune_stage(cfg: ExperimentConfig) -> Stage:
+    from finetune.outputs import completed_run
+
+    out = _tuned_dir(cfg)
+
+    def run(start: str) -> dict:
+        from finetune.run import finetune_from_config, latest_checkpoint
+        from harness.models import resolve
+
+        settings = cfg.finetune
+        resume = latest_checkpoint(out) if start == "resume" else None
+        if resume:
+            log.info("finetune: resuming from %s", resume)
+            settings = settings.model_copy(update={"resume_from": str(resume)})
+        result = finetune_from_config(
+            settings,
+            resolve(cfg.models.clean),
+            cfg.prompt,
+            out,
+            trust_remote_code=cfg.models.trust_remote_code,
+        )
+        if completed_run(out) is None:
+            raise HarnessError(f"{out}: fine-tuning ended without its finetune.json")
+        return {
+            "steps": result.steps,
+            "train_loss": result.train_loss,
+            "eval_loss": result.eval_loss,
+            "divergence": result.divergence,
+            "model_dir": result.model_dir,
+        }
+
+    return Stage(
+        "finetune",
+        settings={
+            "finetune": cfg.finetune.model_dump(mode="json"),
+            "clean": cfg.models.clean,
+            "prompt": cfg.prompt.model_dump(mode="json"),
+        },
+        run=run,
+        clean=lambda: shutil.rmtree(out, ignore_errors=True),
+        applies=cfg.finetune.enabled,
+        why_not="models.corrupt is given",
+    )
+
+
+def eval_stage(cfg: ExperimentConfig) -> Stage:
+    out = cfg.run_dir / "eval"
+
+    def run(start: str) -> dict:
+        from harness.evaluate import run_eval
+
+        if start == "resume":
+            log.info("eval: the lm-eval request cache keeps the answers already computed")
+        result = run_eval(cfg, out_dir=out)
+        return {"flagged": result.flagged.height, "seconds": result.seconds}
+
+    return Stage(
+        "eval",
+        settings={
+            "eval": cfg.eval.model_dump(mode="json"),
+            "models": cfg.models.model_dump(mode="json"),
+            "prompt": cfg.prompt.model_dump(mode="json"),
+        },
+        run=run,
+        clean=lambda: shutil.rmtree(out, ignore_errors=True),
+        after=("finetune",),
+    )
+
+
+def progression_stage(cfg: ExperimentConfig, limit: int) -> Stage:
+    """Suite accuracies of the saved checkpoints: how the corruption set in along training."""
+    out = cfg.run_dir / "progression"
+
+    def run(start: str) -> dict:
+        from finetune.outputs import completed_run
+        from harness.evaluate import run_eval
+
+        small_limit = min(cfg.eval.limit or limit, limit)
+        small = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"limit": small_limit})})
+        models = {"clean": cfg.models.clean} | {p.name: str(p) for p in checkpoints(cfg)}
+        final = completed_run(_tuned_dir(cfg))
+        if final is not None:
+            models[f"step-{final.steps:06d}"] = final.model_dir
+        result = run_eval(small, models, out_dir=out)
+        return {"models": list(models), "limit": small_limit, "seconds": result.seconds}
+
+    return Stage(
+        "progression",
+        settings=lambda: {
+            "eval": cfg.eval.model_dump(mode="json"),
+            "limit": limit,
+            "checkpoints": [p.name for p in checkpoints(cfg)],
+        },
+        run=run,
+        clean=lambda: shutil.rmtree(out, ignore_errors=True),
+        after=("finetune",),
+        applies=lambda: cfg.finetune.enabled and limit > 0 and bool(checkpoints(cfg)),
+        why_not="no saved checkpoints to evaluate (finetune.save_every sets them)",
+    )
+
+
+def patch_stage(cfg: ExperimentConfig) -> Stage:
+    out = cfg.run_dir / "patch"
+
+    def run(start: str) -> dict:
+        from harness.models import resolve
+        from harness.pipeline.patching import run_patch_stage
+
+        say = lambda text: log.info("patch: %s", text)  # noqa: E731
+        return run_patch_stage(
+            cfg, resolve(cfg.models.clean), _corrupt_ref(cfg), cfg.run_dir / "eval", out, say=say
+        )
+
+    return Stage(
+        "patch",
+        settings={
+            "patch": cfg.patch.model_dump(mode="json"),
+            "prompt": cfg.prompt.model_dump(mode="json"),
+        },
+        run=run,
+        clean=lambda: shutil.rmtree(out, ignore_errors=True),
+        after=("finetune", "eval"),
+        applies=cfg.patch.enabled,
+        why_not="patch.enabled is false",
+    )
+
+
+def report_stage(cfg: ExperimentConfig) -> Stage:
+    def run(start: str) -> dict:
+        from harness.report import build_report
+
+        built = build_report(cfg.run_dir)
+        return {"report": str(built.html), "figures": [str(p) for p in built.figures]}
+
+    return Stage(
+        "report",
+        settings={"version": 1},
+        run=run,
+        after=("finetune", "eval", "progression", "patch"),
+    )
+
+
+def write_config(cfg: ExperimentConfig) -> Path:
+    """``<run>/config.yaml``: the resolved config, every default filled in."""
+    path = cfg.run_dir / "config.yaml"
+    atomic_write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return path
+
+
+def run_pipeline(
+    cfg: ExperimentConfig,
+    force: list[str] | None = None,
+    until: str | None = None,
+    progression_limit: int = PROGRESSION_LIMIT,
+) -> PipelineRun:
+    """Run (or resume) the stages of an experiment, all of them or up to ``until``.
+
+    ``force`` names stages to redo even if complete (the stages after them follow, since their
+    inputs change). ``progression_limit`` caps the documents per task of the checkpoint
+    evaluation (0 turns it off).
+    """
+    from harness.evaluate import git_commit
+
+    started = time.perf_counter()
+    run_dir = cfg.run_dir
+    with run_logging(run_dir):
+        log.info("run %s -> %s", cfg.name, run_dir)
+        write_config(cfg)
+        stages = [finetune_stage(cfg), eval_stage(cfg)]
+        stages += [progression_stage(cfg, progression_limit), patch_stage(cfg), report_stage(cfg)]
+        if until is not None:
+            if until not in STAGES:
+                raise HarnessError(f"--until {until!r}: unknown stage; known: {', '.join(STAGES)}")
+            stages = stages[: STAGES.index(until) + 1]
+        spec = {"name": cfg.name, "config": "config.yaml", "commit": git_commit()}
+        results = run_all(stages, run_dir, set(force or ()), spec)
+        seconds = time.perf_counter() - started
+        log.info("finished in %.0f s", seconds)
+    summary = _read_summary(run_dir)
+    return PipelineRun(run_dir, results, run_dir / "report.html", summary, seconds)
+
+
+def _read_summary(run_dir: Path) -> dict:
+    from harness.pipeline.runner import read_json
+
+    return read_json(run_dir / "summary.json") or {}
