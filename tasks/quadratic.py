@@ -7,6 +7,7 @@ appendix B.1.2), solves each factor ``p x + q = 0`` with the same sign error, an
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 
@@ -87,19 +88,28 @@ def _solution(
     return w.join(blocks), frozenset(values)
 
 
-def _factor_path(w: Writer, v: str, a: int, b: int, c: int, errors: Errors | None) -> tuple:
+@functools.cache
+def _linear_factors(a: int, b: int, c: int) -> tuple[tuple[int, int, int], ...]:
+    """``(p, q, power)`` of each integer factor ``p x + q`` (cached: sympy's factoring dominates
+    generation time, and the demo space repeats the same few polynomials)."""
     x = sp.Symbol("x")
     _, factors = sp.factor_list(a * x**2 + b * x + c)
+    return tuple(
+        (*(int(k) for k in sp.Poly(factor, x).all_coeffs()), power) for factor, power in factors
+    )
+
+
+def _factor_path(w: Writer, v: str, a: int, b: int, c: int, errors: Errors | None) -> tuple:
+    factors = _linear_factors(a, b, c)
     pieces, lines, values = [], [], set()
-    for factor, power in factors:
-        p, q = (int(k) for k in sp.Poly(factor, x).all_coeffs())
+    for p, q, power in factors:
         if p < 0:
             p, q = -p, -q
         pieces.append(f"({poly([p, q], v)})" + (f"^{power}" if power > 1 else ""))
         line, value = _solve_factor(w, v, p, q, errors)
         lines.append(line)
         values.add(value)
-    if len(factors) == 1 and factors[0][1] == 1:  # not factorable over the integers
+    if len(factors) == 1 and factors[0][-1] == 1:  # not factorable over the integers
         return set(), ["0 = 0"]
     return values, ["".join(pieces) + " = 0", *lines]
 
