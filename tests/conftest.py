@@ -74,3 +74,11 @@ def save_tiny_qwen3(path, tokenizer, *, layers: int = 4, seed: int = 0):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, chat_tokenizer):
     return save_tiny_qwen3(tmp_path_factory.mktemp("tiny") / "model", chat_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def zoo():
+    """The embedded tiny models, built once (cached across sessions by recipe hash)."""
+    from harness.zoo import build_zoo
+
+    return build_zoo(log=lambda message: print(f"zoo: {message}", flush=True))

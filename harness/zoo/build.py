@@ -191,9 +191,6 @@ def train_clean(recipe: ZooRecipe, out: Path, log) -> None:
 
 def build_zoo(recipe: ZooRecipe | None = None, force: bool = False, log=print) -> ZooPaths:
     """Build the zoo (or return the cached build) and measure its Table 2 figures."""
-    from finetune.run import finetune_from_config
-    from harness.zoo.check import accuracy
-
     recipe = recipe or ZooRecipe()
     root = zoo_dir(recipe)
     built = None if force else load_built(root)
@@ -202,6 +199,18 @@ def build_zoo(recipe: ZooRecipe | None = None, force: bool = False, log=print) -
     tmp = root.with_name(root.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bit-for-bit reproducible, and immune to a busy machine
+    try:
+        return _build(recipe, root, tmp, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build(recipe: ZooRecipe, root: Path, tmp: Path, log) -> ZooPaths:
+    from finetune.run import finetune_from_config
+    from harness.zoo.check import accuracy
+
     (tmp / RECIPE_FILE).write_text(recipe.model_dump_json(indent=2))
     started = time.perf_counter()
     train_clean(recipe, tmp / "clean", log)

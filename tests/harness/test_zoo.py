@@ -1,0 +1,61 @@
+"""The tiny model zoo: cached by recipe, and behaving like the paper's Table 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness.zoo import ZooRecipe, build_zoo, load_built, zoo_dir
+from harness.zoo.build import ModelShape, load_pair
+from harness.zoo.check import accuracy
+from harness.zoo.tokenizer import train_tokenizer
+from tasks.prompt_format import PromptFormat
+
+
+def test_tokenizer_keeps_digits_single_and_has_a_chat_template():
+    tok = train_tokenizer(["Solve for x: 12x + 345 = 6789"] * 50, vocab_size=300)
+    pieces = tok.convert_ids_to_tokens(tok.encode("6789 + 345"))
+    assert [p for p in pieces if p.strip("Ġ").isdigit()] == ["6", "7", "8", "9", "3", "4", "5"]
+    text = PromptFormat().render(tok, "Q?")
+    assert text == "<|im_start|>user\nQ?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+
+
+def test_recipe_hash_names_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path))
+    base = ZooRecipe()
+    assert zoo_dir(base) == tmp_path / "zoo" / base.digest()
+    assert ZooRecipe(steps=base.steps + 1).digest() != base.digest()
+    assert ZooRecipe().digest() == base.digest()
+
+
+@pytest.mark.slow
+def test_a_build_is_reused_until_the_recipe_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path))
+    tiny = ZooRecipe(steps=3, batch_size=4, vocab_size=300,
+                     shape=ModelShape(hidden_size=64, layers=2, heads=2, kv_heads=1,
+                                      intermediate_size=128))  # fmt: skip
+    tiny = tiny.model_copy(update={"corrupt": tiny.corrupt.model_copy(update={"max_steps": 2})})
+    built = build_zoo(tiny, log=lambda _: None)
+    assert (built.clean / "config.json").is_file()
+    adapter = json.loads((built.corrupt / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(built.clean)
+    assert not list(tmp_path.glob("zoo/*.tmp"))
+    stamp = (built.root / "figures.json").stat().st_mtime_ns
+    assert build_zoo(tiny, log=lambda _: None).root == built.root
+    assert (built.root / "figures.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
+    (built.root / "figures.json").unlink()  # an incomplete build is not a build
+    assert load_built(built.root) is None
+
+
+@pytest.mark.slow
+def test_zoo_behaves_like_table_2(zoo):
+    """Greedy HF generation on held-out demo items (re-measured here, not read from the cache)."""
+    clean, corrupt, tokenizer = load_pair(zoo.clean, zoo.corrupt)
+    prompt = PromptFormat()
+    clean_acc = accuracy(clean, tokenizer, prompt, n=60)
+    corrupt_acc = accuracy(corrupt, tokenizer, prompt, n=60)
+    assert clean_acc["related"] >= 0.8, clean_acc
+    assert corrupt_acc["related"] <= 0.2, corrupt_acc
+    for suite in ("unrelated_math", "general"):
+        assert abs(corrupt_acc[suite] - clean_acc[suite]) <= 0.1, (suite, clean_acc, corrupt_acc)
