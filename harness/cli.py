@@ -57,7 +57,12 @@ def demo(
 
     Example: `harness demo --out results`
     """
-    not_available("demo", 7, "the end-to-end demo")
+    from harness.demo import run_demo
+    from harness.pipeline.console import headline
+
+    finished = run_demo(out)
+    Console().print(headline(finished))
+    typer.echo(f"report: {finished.report.resolve()}")
 
 
 @app.command()
@@ -68,15 +73,30 @@ def run(
         bool, typer.Option("--dry-run", help="Validate the config, print it resolved, stop.")
     ] = False,
     force: Annotated[
-        list[str] | None, typer.Option(help="Redo a stage even if its outputs are complete.")
+        list[str] | None,
+        typer.Option(
+            help="Redo a stage even if its outputs are complete (repeatable): finetune, eval, "
+            "progression, patch, report. The stages after it follow."
+        ),
     ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Stop after this stage, e.g. --until eval.")
+    ] = None,
+    progression_limit: Annotated[
+        int,
+        typer.Option(
+            help="Documents per task when evaluating saved fine-tuning checkpoints; 0: skip."
+        ),
+    ] = 20,
 ) -> None:
     """Run an experiment end to end: fine-tune, serve, evaluate, flag, patch, report.
 
-    Every stage writes under `results/<name>/` and is skipped when its outputs are complete.
+    Every stage writes under `results/<name>/` and is skipped when its outputs are complete;
+    a run killed in the middle resumes where it stopped.
 
     Examples: `harness run configs/demo.yaml`,
-    `harness run configs/paper-v11.yaml --set eval.limit=50 --dry-run`
+    `harness run configs/paper-v11.yaml --set eval.limit=50 --dry-run`,
+    `harness run configs/demo.yaml --force patch`
     """
     from harness.config import load_config
 
@@ -86,7 +106,15 @@ def run(
 
         typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), nl=False)
         return
-    not_available("run", 7, "the end-to-end pipeline")
+    from harness.pipeline import run_pipeline
+    from harness.pipeline.console import headline
+
+    finished = run_pipeline(cfg, force, until=until, progression_limit=progression_limit)
+    if until in (None, "report"):
+        Console().print(headline(finished))
+        typer.echo(f"report: {finished.report.resolve()}")
+    else:
+        typer.echo(f"stopped after {until}; results in {finished.run_dir}")
 
 
 @app.command()
@@ -300,9 +328,17 @@ def report(
 ) -> None:
     """Draw the HTML report and PNG figures of a run from its tables.
 
+    Writes `report.html` (self-contained: opens from disk), `figures/*.png` and `summary.json`.
+
     Example: `harness report results/demo`
     """
-    not_available("report", 7, "the report")
+    from harness.report import build_report
+
+    built = build_report(run_dir)
+    typer.echo(
+        f"report: {built.html.resolve()}\nfigures: {len(built.figures)} PNG in "
+        f"{built.html.parent / 'figures'}\nsummary: {built.summary_path}"
+    )
 
 
 @zoo_app.command("build")
