@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -120,11 +121,11 @@ def completed(run_dir: Path, name: str) -> dict[str, Any] | None:
 
 
 def fingerprint(run_dir: Path, stage: Stage) -> str:
-    """Settings plus the identity of every finished upstream stage (its fingerprint and time)."""
+    """Settings plus the identity of every finished upstream stage (fingerprint and attempt)."""
     upstream = {}
     for name in stage.after:
         marker = completed(run_dir, name)
-        upstream[name] = marker and [marker["fingerprint"], marker["finished"]]
+        upstream[name] = marker and [marker["fingerprint"], marker["attempt"]]
     return digest({"stage": stage.name, "settings": stage.now_settings(), "after": upstream})
 
 
@@ -189,6 +190,7 @@ def run_stage(stage: Stage, run_dir: Path, force: bool) -> StageResult:
         "version": MARKER_VERSION,
         "stage": stage.name,
         "fingerprint": current,
+        "attempt": uuid.uuid4().hex,  # redoing a stage makes the stages after it stale
         "started": started,
     }
     write_json(path, marker | {"status": "started"})
