@@ -14,11 +14,11 @@ while generating 128 tokens, it times:
 and prints speedup_vs_naive = a/b and ratio_to_floor = b/c (full corrupted model; the adapter's
 figures beside them), the token agreement of (b) with (a) and each measurement's peak resident
 memory. Each measurement runs in its own process (so peak memory is its own) with one torch
-thread (on a shared 2-core machine two threads swing timings by 10x); (b) and (c) take the
-best of `--repeats` runs, since other work on the machine only ever adds time. The naive loop
-costs the same for every trajectory (one at a time, same lengths, no eos); with `--quick` it
-runs `--naive-trajectories` of them (first and last layer) and its time is scaled to all of
-them, which the JSON says.
+thread (on a shared 2-core machine two threads swing timings by 10x); (b) and (c) run in
+`--repeats` interleaved rounds and keep their best, since other work only ever adds time.
+The naive loop costs the same for every trajectory (one at a time, same lengths, no eos);
+with `--quick` it runs `--naive-trajectories` of them (first and last layer) and its time is
+scaled to all of them, which the JSON says.
 
     .venv/bin/python bench/cmap.py --quick --json
 """
@@ -94,84 +94,104 @@ def prompts(args) -> list[list[int]]:
     return ids.tolist()
 
 
-def measure_ours(args, kind: str) -> dict:
+def ours_runner(args, kind: str):
+    """A function that runs the patcher once: (seconds, tokens per trajectory)."""
     from patchers.cmap import run_cmap
     from patchers.models import ModelPair
 
-    clean, corrupt = build(args, kind)
-    pair = ModelPair(clean, corrupt)
-    best, tokens = float("inf"), None
-    for _ in range(args.repeats):
+    pair = ModelPair(*build(args, kind))
+
+    def run() -> tuple[float, list]:
         start = time.perf_counter()
         result = run_cmap(pair, prompts(args), max_new_tokens=args.tokens)
-        best = min(best, time.perf_counter() - start)
-        tokens = result.generations.select("prompt_id", "layer", "token_ids").rows()
-    return {"seconds": best, "tokens": tokens}
+        seconds = time.perf_counter() - start
+        return seconds, result.generations.select("prompt_id", "layer", "token_ids").rows()
+
+    return run
 
 
-def measure_floor(args) -> dict:
+def floor_runner(args):
+    """A function that runs the floor once: greedy KV-cached decoding, clean model alone."""
     import torch
 
     clean, _ = build(args, "full")
     rows = [p for _ in range(args.layers) for p in prompts(args)]
-    best = float("inf")
-    with torch.inference_mode():
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            ids = torch.tensor(rows)
-            out = clean(input_ids=ids, use_cache=True, logits_to_keep=1)
+
+    @torch.inference_mode()
+    def run() -> tuple[float, None]:
+        start = time.perf_counter()
+        out = clean(input_ids=torch.tensor(rows), use_cache=True, logits_to_keep=1)
+        token = out.logits[:, -1].argmax(-1)
+        for _ in range(args.tokens - 1):
+            out = clean(
+                input_ids=token[:, None],
+                past_key_values=out.past_key_values,
+                use_cache=True,
+                logits_to_keep=1,
+            )
             token = out.logits[:, -1].argmax(-1)
-            for _ in range(args.tokens - 1):
-                out = clean(
-                    input_ids=token[:, None],
-                    past_key_values=out.past_key_values,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
-                token = out.logits[:, -1].argmax(-1)
-            best = min(best, time.perf_counter() - start)
-    return {"seconds": best}
+        return time.perf_counter() - start, None
+
+    return run
 
 
-def measure_naive(args, kind: str, trajectories: list[tuple[int, int]]) -> dict:
-    from cmap_reference import adapter_sides, full_model_side, reference_cmap
+def naive_runner(args, trajectories: list[tuple[int, int]]):
+    """A function that runs the naive reference once on the given (prompt, layer) pairs."""
+    from cmap_reference import full_model_side, reference_cmap
 
-    clean, corrupt = build(args, kind)
-    if kind == "full":
-        sides = full_model_side(clean), full_model_side(corrupt)
-    else:
-        sides = adapter_sides(corrupt)
-    tokens = []
+    clean, corrupt = build(args, "full")
+    sides = full_model_side(clean), full_model_side(corrupt)
     all_prompts = prompts(args)
-    start = time.perf_counter()
-    for prompt_id, layer in trajectories:
-        steps = reference_cmap(
-            *sides, all_prompts[prompt_id], "resid_post", layer, None, args.tokens
-        )
-        tokens.append((prompt_id, layer, [s["token_id"] for s in steps]))
-    return {"seconds": time.perf_counter() - start, "tokens": tokens}
+
+    def run() -> tuple[float, list]:
+        tokens = []
+        start = time.perf_counter()
+        for prompt_id, layer in trajectories:
+            steps = reference_cmap(
+                *sides, all_prompts[prompt_id], "resid_post", layer, None, args.tokens
+            )
+            tokens.append((prompt_id, layer, [s["token_id"] for s in steps]))
+        return time.perf_counter() - start, tokens
+
+    return run
 
 
-def _worker(name: str, args, queue, *extra) -> None:
+def _worker(name: str, args, extra, commands, results) -> None:
+    """Build once, then run on each command; at the end report this process's peak memory."""
     import torch
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    result = {"floor": measure_floor, "ours": measure_ours, "naive": measure_naive}[name](
-        args, *extra
-    )
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put(result)
+    runner = {"floor": floor_runner, "ours": ours_runner, "naive": naive_runner}[name]
+    run = runner(args, *extra)
+    while commands.get() == "run":
+        results.put(run())
+    results.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-def run_isolated(name: str, args, *extra) -> dict:
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_worker, args=(name, args, queue, *extra))
-    process.start()
-    result = queue.get()
-    process.join()
-    return result
+class Worker:
+    """One measurement in its own process (so its peak memory is its own)."""
+
+    def __init__(self, name: str, args, *extra):
+        context = mp.get_context("spawn")
+        self.commands, self.results = context.Queue(), context.Queue()
+        self.process = context.Process(
+            target=_worker, args=(name, args, extra, self.commands, self.results)
+        )
+        self.process.start()
+        self.best, self.tokens = float("inf"), None
+
+    def run(self) -> None:
+        self.commands.put("run")
+        seconds, self.tokens = self.results.get()
+        self.best = min(self.best, seconds)
+
+    def stop(self) -> float:
+        """Peak resident memory in MB."""
+        self.commands.put("stop")
+        peak = self.results.get()
+        self.process.join()
+        return peak
 
 
 def agreement(ours: list, naive: list) -> float:
@@ -210,31 +230,35 @@ def main() -> None:
     subset = sorted({*everything[::step][: args.naive_trajectories - 1], everything[-1]})
     naive_trajectories = subset if args.quick else everything
     started = time.perf_counter()
-    floor = run_isolated("floor", args)
-    ours = run_isolated("ours", args, "full")
-    ours_adapter = run_isolated("ours", args, "adapter")
-    naive = run_isolated("naive", args, "full", naive_trajectories)
-    naive_seconds = naive["seconds"] * len(everything) / len(naive_trajectories)
+    workers = {
+        "floor": Worker("floor", args),
+        "ours_full": Worker("ours", args, "full"),
+        "ours_adapter": Worker("ours", args, "adapter"),
+    }
+    for _ in range(args.repeats):  # rounds, so that a busy spell hits all three alike
+        for worker in workers.values():
+            worker.run()
+    peaks = {name: worker.stop() for name, worker in workers.items()}
+    naive_worker = Worker("naive", args, naive_trajectories)
+    naive_worker.run()
+    peaks["naive"] = naive_worker.stop()
+    floor, ours, ours_adapter = (workers[k] for k in ("floor", "ours_full", "ours_adapter"))
+    naive_seconds = naive_worker.best * len(everything) / len(naive_trajectories)
     report = {
-        "speedup_vs_naive": round(naive_seconds / ours["seconds"], 2),
-        "ratio_to_floor": round(ours["seconds"] / floor["seconds"], 3),
-        "token_agreement": round(agreement(ours["tokens"], naive["tokens"]), 4),
-        "adapter_ratio_to_floor": round(ours_adapter["seconds"] / floor["seconds"], 3),
-        "adapter_speedup_vs_naive": round(naive_seconds / ours_adapter["seconds"], 2),
+        "speedup_vs_naive": round(naive_seconds / ours.best, 2),
+        "ratio_to_floor": round(ours.best / floor.best, 3),
+        "token_agreement": round(agreement(ours.tokens, naive_worker.tokens), 4),
+        "adapter_ratio_to_floor": round(ours_adapter.best / floor.best, 3),
+        "adapter_speedup_vs_naive": round(naive_seconds / ours_adapter.best, 2),
         "seconds": {
-            "naive_all_layers": round(naive_seconds, 2),
-            "ours_full": round(ours["seconds"], 3),
-            "ours_adapter": round(ours_adapter["seconds"], 3),
-            "floor": round(floor["seconds"], 3),
+            "naive_all_trajectories": round(naive_seconds, 2),
+            "ours_full": round(ours.best, 3),
+            "ours_adapter": round(ours_adapter.best, 3),
+            "floor": round(floor.best, 3),
         },
         "naive_trajectories_timed": len(naive_trajectories),
         "naive_scaled_from_subset": len(naive_trajectories) < len(everything),
-        "peak_rss_mb": {
-            "naive": round(naive["peak_rss_mb"]),
-            "ours_full": round(ours["peak_rss_mb"]),
-            "ours_adapter": round(ours_adapter["peak_rss_mb"]),
-            "floor": round(floor["peak_rss_mb"]),
-        },
+        "peak_rss_mb": {name: round(peak) for name, peak in peaks.items()},
         "setup": {
             "layers": args.layers,
             "trajectories": args.layers * args.prompts,
@@ -253,14 +277,14 @@ def main() -> None:
     scaled = ", scaled from a subset" if report["naive_scaled_from_subset"] else ""
     print(f"naive reference (all trajectories{scaled}): {naive_seconds:.1f} s")
     print(
-        f"patcher, full corrupted model: {ours['seconds']:.2f} s  "
+        f"patcher, full corrupted model: {ours.best:.2f} s  "
         f"({report['speedup_vs_naive']}x naive, {report['ratio_to_floor']}x floor)"
     )
     print(
-        f"patcher, LoRA adapter:         {ours_adapter['seconds']:.2f} s  "
+        f"patcher, LoRA adapter:         {ours_adapter.best:.2f} s  "
         f"({report['adapter_speedup_vs_naive']}x naive, {report['adapter_ratio_to_floor']}x floor)"
     )
-    print(f"floor (clean model, KV cache): {floor['seconds']:.2f} s")
+    print(f"floor (clean model, KV cache): {floor.best:.2f} s")
     print(f"token agreement with the naive reference: {report['token_agreement']:.2%}")
     print(f"peak RSS (MB): {report['peak_rss_mb']}")
 
