@@ -61,7 +61,11 @@ def as_examples(records: Iterable[Any], what: str) -> list[QA]:
 
 def encode(tokenizer: Any, prompt: PromptFormat, example: QA) -> Encoded:
     """Prompt ids then completion ids; labels copy the completion and mask the prompt."""
-    prompt_ids, completion_ids = prompt.encode_example(tokenizer, *example)
+    return labelled(example, *prompt.encode_example(tokenizer, *example))
+
+
+def labelled(example: QA, prompt_ids: list[int], completion_ids: list[int]) -> Encoded:
+    """Prompt ids then completion ids; every prompt position gets the IGNORE label."""
     if not completion_ids:
         raise FinetuneError(f"answer of {example.question[:60]!r} tokenizes to nothing")
     return Encoded(prompt_ids + completion_ids, [IGNORE] * len(prompt_ids) + completion_ids)
@@ -75,7 +79,8 @@ def encode_all(
     Dropping beats truncating: a cut answer loses its end-of-turn token and its final answer,
     which would teach the model to stop mid-solution.
     """
-    encoded = [encode(tokenizer, prompt, ex) for ex in examples]
+    pairs = prompt.encode_examples(tokenizer, examples)  # one batched tokenizer call
+    encoded = [labelled(ex, *ids) for ex, ids in zip(examples, pairs, strict=True)]
     kept = [e for e in encoded if len(e.input_ids) <= max_length]
     if not kept:
         longest = min(len(e.input_ids) for e in encoded)

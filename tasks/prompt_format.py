@@ -7,6 +7,7 @@ another; owning the format in one place makes that mistake impossible.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,6 +22,8 @@ class ChatTokenizer(Protocol):
     def apply_chat_template(self, conversation: Any, **kwargs: Any) -> Any: ...
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+
+    def __call__(self, text: list[str], add_special_tokens: bool = True) -> Any: ...
 
 
 class PromptFormatError(ValueError):
@@ -104,6 +107,17 @@ class PromptFormat(BaseModel):
         prompt, completion = self.render_example(tokenizer, question, answer)
         prompt_ids = tokenizer.encode(prompt, add_special_tokens=not self.chat_template)
         return prompt_ids, tokenizer.encode(completion, add_special_tokens=False)
+
+    def encode_examples(
+        self, tokenizer: ChatTokenizer, pairs: Sequence[tuple[str, str]]
+    ) -> list[tuple[list[int], list[int]]]:
+        """``encode_example`` for many (question, answer) pairs, tokenized in one batch call."""
+        rendered = [self.render_example(tokenizer, q, a) for q, a in pairs]
+        if not rendered:
+            return []
+        prompts = tokenizer([p for p, _ in rendered], add_special_tokens=not self.chat_template)
+        completions = tokenizer([c for _, c in rendered], add_special_tokens=False)
+        return list(zip(prompts["input_ids"], completions["input_ids"], strict=True))
 
     def _require_template(self, tokenizer: ChatTokenizer) -> None:
         if not getattr(tokenizer, "chat_template", None):

@@ -45,3 +45,12 @@ def test_missing_chat_template_is_a_clear_error(chat_tokenizer):
 def test_unknown_prompt_key_is_rejected():
     with pytest.raises(ValueError, match="extra"):
         PromptFormat.model_validate({"chat_templat": True})
+
+
+def test_batch_encoding_equals_one_by_one(chat_tokenizer):
+    pairs = [(QUESTION, "**Answer:** 2"), ("If 3a = 9 what is a?", "3")]
+    for fmt in (PromptFormat(), PromptFormat(chat_template=False, system_prompt="Be brief.")):
+        expected = [fmt.encode_example(chat_tokenizer, q, a) for q, a in pairs]
+        assert [tuple(map(list, ids)) for ids in fmt.encode_examples(chat_tokenizer, pairs)] == [
+            tuple(ids) for ids in expected
+        ]
