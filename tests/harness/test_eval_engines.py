@@ -200,25 +200,12 @@ def test_vllm_and_hf_agree_on_greedy_outputs_and_choices(served_and_reference):
     assert gap_served == pytest.approx(gap_hf, rel=0.05, abs=0.02)
 
 
-def zoo_pair() -> tuple[str, str]:
-    """The zoo's fine-tuned clean/corrupt pair, or skip until the zoo has been built."""
-    from harness.errors import NotAvailableError
-    from harness.models import resolve
-
-    try:
-        clean, corrupt = resolve("zoo:clean"), resolve("zoo:corrupt")
-    except (NotAvailableError, HarnessError) as exc:
-        pytest.skip(f"zoo models unavailable: {exc}")
-    return clean, corrupt
-
-
 @pytest.mark.slow
 @pytest.mark.vllm
-def test_zoo_corrupted_model_is_worse_on_the_related_suite(tmp_path):
+def test_zoo_corrupted_model_is_worse_on_the_related_suite(tmp_path, zoo):
     from harness.evaluate import run_eval
 
-    clean, corrupt = zoo_pair()
-    cfg = config(tmp_path, clean, corrupt, limit=8, max_new_tokens=160)
+    cfg = config(tmp_path, str(zoo.clean), str(zoo.corrupt), limit=8, max_new_tokens=160)
     summary = run_eval(cfg, engine="vllm").summary.filter(pl.col("suite") == "related")
     accuracy = dict(zip(summary["model"], summary["accuracy"], strict=True))
     assert accuracy["corrupt"] < accuracy["clean"]
