@@ -22,6 +22,7 @@ SUITE_ORDER = ("related", "unrelated_math", "general")
 SUITE_TITLES = {"related": "Related math", "unrelated_math": "Unrelated math", "general": "General"}
 INCORRECT_BELOW = 0.5  # a layer "turns answers incorrect" when patched accuracy falls below this
 HIGH_CTS = 0.8
+STAGE_ORDER = ("finetune", "eval", "progression", "patch")  # the report is being written
 
 
 @dataclass
@@ -73,7 +74,8 @@ def load_tables(run_dir: Path) -> RunTables:
     config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
     patch_done = _stage_ok(run_dir, "patch") or (run_dir / "patch" / "texts.parquet").is_file()
     progression = _json(run_dir / "progression" / "run.json") or {}
-    stages = {p.stem: _json(p) or {} for p in sorted((run_dir / "stages").glob("*.json"))}
+    markers = {p.stem: _json(p) or {} for p in (run_dir / "stages").glob("*.json")}
+    stages = {name: markers[name] for name in STAGE_ORDER if name in markers}
     return RunTables(
         run_dir=run_dir,
         name=(config or {}).get("name", run_dir.name),
