@@ -152,7 +152,7 @@ def run_patch_stage(
     write_parquet(items, out / "items.parquet")
     if items.is_empty():
         say("no items to patch (nothing flagged and no controls)")
-        return write_merged(out, items, [], cfg.eval.level, clean, cfg)
+        return write_merged(out, items, [], cfg.eval.level, clean, cfg.models.trust_remote_code)
     layers = None if cfg.patch.layers == "all" else list(cfg.patch.layers)
     heads = None if cfg.patch.heads in (None, "all") else list(cfg.patch.heads)
     device = device_for(cfg.patch.device)
@@ -181,11 +181,18 @@ def run_patch_stage(
             prompt_format=cfg.prompt,
             trust_remote_code=cfg.models.trust_remote_code,
         )
-    return write_merged(out, items, cfg.patch.sites, cfg.eval.level, clean, cfg)
+    return write_merged(
+        out, items, cfg.patch.sites, cfg.eval.level, clean, cfg.models.trust_remote_code
+    )
 
 
 def write_merged(
-    out: Path, items: pl.DataFrame, sites: list[str], level: str, clean: str, cfg
+    out: Path,
+    items: pl.DataFrame,
+    sites: list[str],
+    level: str,
+    clean: str,
+    trust_remote_code: bool = False,
 ) -> dict:
     """prompts/steps/texts over all sites, with token text, suites and patched correctness."""
     from patchers.cmap import GENERATION_SCHEMA
@@ -194,7 +201,9 @@ def write_merged(
     texts = [pl.read_parquet(out / "sites" / s / "texts.parquet") for s in sites]
     if steps:
         steps_all = pl.concat(steps, how="diagonal_relaxed")
-        steps_all = steps_all.with_columns(token=decode_tokens(clean, steps_all["token_id"], cfg))
+        steps_all = steps_all.with_columns(
+            token=decode_tokens(clean, steps_all["token_id"], trust_remote_code)
+        )
         steps_all = steps_all.join(items.select("prompt_id", "suite", "kind"), on="prompt_id")
         texts_all = score_texts(pl.concat(texts, how="diagonal_relaxed"), items, level)
     else:
@@ -227,16 +236,14 @@ def write_merged(
     }
 
 
-def decode_tokens(model: str, token_ids: pl.Series, cfg) -> pl.Series:
+def decode_tokens(model: str, token_ids: pl.Series, trust_remote_code: bool) -> pl.Series:
     """Each generated token id as text (one id at a time: what the heatmap's hover shows)."""
     from transformers import AutoTokenizer
 
     if token_ids.is_empty():
         return pl.Series("token", [], dtype=pl.String)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            model, trust_remote_code=cfg.models.trust_remote_code
-        )
+        tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
     except OSError as exc:
         raise HarnessError(f"cannot load the tokenizer of {model}: {exc}") from None
     unique = token_ids.unique().to_list()

@@ -46,14 +46,15 @@ class Stage:
 
     ``run(start)`` does the work (``start`` is "resume" when a killed attempt with the same
     settings left something behind) and returns facts to keep in the marker. ``clean()`` removes
-    the stage's outputs before a fresh start. ``applies`` False skips it (nothing to do);
+    the stage's outputs before a fresh start (``True``:
+    forced, so caches go too). ``applies`` False skips it (nothing to do);
     ``applies`` and ``settings`` may be functions, called when the stage is reached.
     """
 
     name: str
     settings: Any
     run: Callable[[Start], dict[str, Any]]
-    clean: Callable[[], None] = lambda: None
+    clean: Callable[[bool], None] = lambda forced: None
     after: tuple[str, ...] = ()
     applies: bool | Callable[[], bool] = True
     why_not: str = ""
@@ -180,7 +181,7 @@ def run_stage(stage: Stage, run_dir: Path, force: bool) -> StageResult:
     if force or not same or previous.get("status") is None:
         why = "forced" if force else "settings or inputs changed" if previous else "first run"
         log.info("%s: starting (%s)", stage.name, why)
-        stage.clean()
+        stage.clean(force)
         start: Start = "fresh"
     else:
         log.info("%s: resuming an interrupted attempt (%s)", stage.name, previous.get("started"))

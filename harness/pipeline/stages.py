@@ -95,7 +95,7 @@ def finetune_stage(cfg: ExperimentConfig) -> Stage:
             "prompt": cfg.prompt.model_dump(mode="json"),
         },
         run=run,
-        clean=lambda: shutil.rmtree(out, ignore_errors=True),
+        clean=lambda forced: shutil.rmtree(out, ignore_errors=True),
         applies=cfg.finetune.enabled,
         why_not="models.corrupt is given",
     )
@@ -112,6 +112,18 @@ def eval_stage(cfg: ExperimentConfig) -> Stage:
         result = run_eval(cfg, out_dir=out)
         return {"flagged": result.flagged.height, "seconds": result.seconds}
 
+    def clean(forced: bool) -> None:
+        """A fresh start keeps lm-eval's request cache (keyed by model and request), unless
+        forced: a changed limit or suite list then reuses the answers it already has."""
+        if forced or not out.is_dir():
+            shutil.rmtree(out, ignore_errors=True)
+            return
+        for path in out.iterdir():
+            if path.is_dir() and path.name != "cache":
+                shutil.rmtree(path)
+            elif path.is_file():
+                path.unlink()
+
     return Stage(
         "eval",
         settings={
@@ -120,7 +132,7 @@ def eval_stage(cfg: ExperimentConfig) -> Stage:
             "prompt": cfg.prompt.model_dump(mode="json"),
         },
         run=run,
-        clean=lambda: shutil.rmtree(out, ignore_errors=True),
+        clean=clean,
         after=("finetune",),
     )
 
@@ -150,7 +162,7 @@ def progression_stage(cfg: ExperimentConfig, limit: int) -> Stage:
             "checkpoints": [p.name for p in checkpoints(cfg)],
         },
         run=run,
-        clean=lambda: shutil.rmtree(out, ignore_errors=True),
+        clean=lambda forced: shutil.rmtree(out, ignore_errors=True),
         after=("finetune",),
         applies=lambda: cfg.finetune.enabled and limit > 0 and bool(checkpoints(cfg)),
         why_not="no saved checkpoints to evaluate (finetune.save_every sets them)",
@@ -176,7 +188,7 @@ def patch_stage(cfg: ExperimentConfig) -> Stage:
             "prompt": cfg.prompt.model_dump(mode="json"),
         },
         run=run,
-        clean=lambda: shutil.rmtree(out, ignore_errors=True),
+        clean=lambda forced: shutil.rmtree(out, ignore_errors=True),
         after=("finetune", "eval"),
         applies=cfg.patch.enabled,
         why_not="patch.enabled is false",

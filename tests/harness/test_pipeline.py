@@ -34,7 +34,7 @@ def make_stages(tmp_path, calls, *, fail=None, settings="v1"):
             path.write_text("done")  # ... completed
             return {"wrote": path.name}
 
-        def clean():
+        def clean(forced):
             calls.append((name, "clean"))
             (tmp_path / "run" / f"{name}.txt").unlink(missing_ok=True)
 
@@ -267,3 +267,18 @@ def test_until_and_unknown_stages_are_refused(tmp_path):
     with pytest.raises(HarnessError, match="--until 'evaluate': unknown stage"):
         run_pipeline(config(tmp_path), until="evaluate")
     assert not (tmp_path / "t" / "stages").exists()
+
+
+def test_a_stale_eval_keeps_the_request_cache_and_a_forced_one_does_not(tmp_path):
+    from harness.pipeline.stages import eval_stage
+
+    cfg = config(tmp_path)
+    out = cfg.run_dir / "eval"
+    (out / "cache").mkdir(parents=True)
+    (out / "cache" / "clean_rank0.db").write_text("answers")
+    (out / "summary.parquet").write_text("old")
+    stage = eval_stage(cfg)
+    stage.clean(False)
+    assert (out / "cache" / "clean_rank0.db").is_file() and not (out / "summary.parquet").exists()
+    stage.clean(True)
+    assert not out.exists()
