@@ -5,13 +5,15 @@ from __future__ import annotations
 from rich.table import Table
 
 from harness.pipeline.stages import PipelineRun
+from harness.report.tables import SUITE_ORDER
 
 
 def headline(run: PipelineRun) -> Table:
     """The Table 2 figures of a finished run, for the terminal."""
     summary = run.summary
     accuracy = summary.get("accuracy", {})
-    suites = sorted({s for by_suite in accuracy.values() for s in by_suite})
+    present = {s for by_suite in accuracy.values() for s in by_suite}
+    suites = [s for s in SUITE_ORDER if s in present] + sorted(present - set(SUITE_ORDER))
     table = Table(title=f"{run.run_dir.name}: accuracy per suite")
     table.add_column("condition", style="bold")
     for suite in suites:
