@@ -17,8 +17,8 @@ memory. Each measurement runs in its own process (so peak memory is its own) wit
 thread (on a shared 2-core machine two threads swing timings by 10x); (b) and (c) run in
 `--repeats` interleaved rounds and keep their best, since other work only ever adds time.
 The naive loop costs the same for every trajectory (one at a time, same lengths, no eos);
-with `--quick` it runs `--naive-trajectories` of them (first and last layer) and its time is
-scaled to all of them, which the JSON says.
+with `--quick` it runs `--naive-trajectories` of them (the last layer's first, where the patch
+changes most; then evenly spread) and its time is scaled to all of them, which the JSON says.
 
     .venv/bin/python bench/cmap.py --quick --json
 """
@@ -216,7 +216,9 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=4, help="trajectories = layers x prompts")
     parser.add_argument("--prompt-len", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--naive-trajectories", type=int, default=2, help="with --quick")
+    parser.add_argument(
+        "--naive-trajectories", type=int, default=1, help="with --quick: last layer's first"
+    )
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: steady on a shared machine)"
     )

@@ -1,6 +1,13 @@
-"""Cross-model activation patching (CMAP) and the Corruption Transfer Score (CTS)."""
+"""Cross-model activation patching (CMAP) and the Corruption Transfer Score (CTS).
 
-from patchers.cmap import CmapResult, run_cmap
+    pair = load_pair("models/clean", "models/corrupt-adapter", dtype="float32", device="cpu")
+    result = run_cmap(pair, prompts_ids, site="resid_post", layers=None, max_new_tokens=128,
+                      eos_token_ids=[eos_id])
+    result.steps        # polars: one row per trajectory and step (columns: patchers.metrics)
+    result.generations  # polars: the patched model's token_ids per trajectory
+"""
+
+from patchers.cmap import MODES, CmapResult, run_cmap
 from patchers.errors import PatchError
 from patchers.hooks import attach, capture_last, replace_last
 from patchers.metrics import step_metrics
@@ -9,6 +16,7 @@ from patchers.sites import SITES, Target, resolve_targets
 from patchers.teacher import run_cmap_teacher_forced
 
 __all__ = [
+    "MODES",
     "SITES",
     "CmapResult",
     "ModelPair",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import polars as pl
 import pytest
@@ -116,3 +117,14 @@ def test_eos_stops_each_trajectory(clean_model, corrupt_model):
     assert "eos" in stops
     for row in result.generations.iter_rows(named=True):
         assert (row["stop"] == "eos") == (row["token_ids"][-1] in eos)
+
+
+@pytest.mark.parametrize("prompts", [[[5]], [[5], [6, 7, 8]]])
+def test_one_token_prompts(prompts, clean_model, corrupt_model, monkeypatch):
+    """A prompt of one token has nothing to prefill; beside longer ones it is all padding."""
+    monkeypatch.setattr(sys.modules[__name__], "PROMPTS", prompts)
+    result = run_cmap(
+        ModelPair(clean_model, corrupt_model), prompts, site="mlp_out", max_new_tokens=MAX_NEW
+    )
+    sides = full_model_side(clean_model), full_model_side(corrupt_model)
+    assert_matches_reference(result, *sides, "mlp_out")
