@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from harness.errors import NotAvailableError, exit_code_for, is_expected
+from harness.errors import exit_code_for, is_expected
 
 app = typer.Typer(
     name="harness",
@@ -38,12 +38,6 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a config key, e.g. --set eval.limit=5 (repeatable)."),
 ]
-
-
-def not_available(command: str, issue: int, what: str) -> NoReturn:
-    raise NotAvailableError(
-        f"`harness {command}` is not available yet: {what} lands with issue #{issue}"
-    )
 
 
 @app.command()

@@ -17,12 +17,6 @@ class ConfigError(HarnessError):
     exit_code = 2
 
 
-class NotAvailableError(HarnessError):
-    """A subcommand whose capability has not landed yet."""
-
-    exit_code = 2
-
-
 # Errors raised by the other packages for bad input. They cannot import `harness`, so each keeps
 # its own class; these are looked up only once their module is loaded (keeps `--help` fast).
 _PACKAGE_ERRORS = (

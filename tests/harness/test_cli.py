@@ -47,14 +47,6 @@ def test_every_subcommand_has_help_with_an_example(command):
         assert "Example" in result.stdout
 
 
-def test_unlanded_command_says_so_with_exit_code_2():
-    result = harness("report", "results/x")
-    assert result.returncode == 2
-    assert result.stderr.strip() == (
-        "error: `harness report` is not available yet: the report lands with issue #7"
-    )
-
-
 def test_bad_config_is_one_line_exit_2(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: t\nmodels: {clean: zoo:clean, corrupt: zoo:corrupt}\neval: {limit: x}\n")
