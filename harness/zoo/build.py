@@ -48,17 +48,22 @@ class ZooRecipe(BaseModel):
 
     code_version: int = CODE_VERSION
     seed: int = 0
-    vocab_size: int = 512
+    threads: int = Field(
+        2,
+        description="torch threads; part of the recipe because float sums "
+        "depend on it (the build is bit-for-bit reproducible for one value)",
+    )
+    vocab_size: int = 1024
     shape: ModelShape = Field(default_factory=ModelShape)
-    steps: int = 1500
-    batch_size: int = 32
-    learning_rate: float = 3e-3
+    steps: int = 2500
+    batch_size: int = 16
+    learning_rate: float = 5e-3
     # share of the clean model's training examples per suite, and per related task
     mix: dict[str, float] = Field(
-        default_factory=lambda: {"related": 0.6, "unrelated_math": 0.25, "general": 0.15}
+        default_factory=lambda: {"related": 0.75, "unrelated_math": 0.17, "general": 0.08}
     )
     related_tasks: dict[str, float] = Field(
-        default_factory=lambda: {"related_linear": 0.65, "related_quadratic": 0.35}
+        default_factory=lambda: {"related_linear": 0.7, "related_quadratic": 0.3}
     )
     data_seed: int = 11
     corrupt: FinetuneConfig = Field(
@@ -200,7 +205,7 @@ def build_zoo(recipe: ZooRecipe | None = None, force: bool = False, log=print) -
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # bit-for-bit reproducible, and immune to a busy machine
+    torch.set_num_threads(recipe.threads)
     try:
         return _build(recipe, root, tmp, log)
     finally:
