@@ -48,6 +48,14 @@ def test_a_build_is_reused_until_the_recipe_changes(tmp_path, monkeypatch):
     assert load_built(built.root) is None
 
 
+@pytest.fixture(scope="module")
+def zoo_accuracy(zoo) -> tuple[dict[str, float], dict[str, float]]:
+    """Greedy HF accuracy of both zoo models on held-out demo items, re-measured here."""
+    clean, corrupt, tokenizer = load_pair(zoo.clean, zoo.corrupt)
+    prompt = PromptFormat()
+    return accuracy(clean, tokenizer, prompt, n=60), accuracy(corrupt, tokenizer, prompt, n=60)
+
+
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
@@ -55,12 +63,8 @@ def test_a_build_is_reused_until_the_recipe_changes(tmp_path, monkeypatch):
     "LoRA also lowers unrelated math by 0.17 (target <= 0.1); strict, so meeting the targets "
     "turns this into a failure that asks for the marker to go",
 )
-def test_zoo_behaves_like_table_2(zoo):
-    """Greedy HF generation on held-out demo items (re-measured here, not read from the cache)."""
-    clean, corrupt, tokenizer = load_pair(zoo.clean, zoo.corrupt)
-    prompt = PromptFormat()
-    clean_acc = accuracy(clean, tokenizer, prompt, n=60)
-    corrupt_acc = accuracy(corrupt, tokenizer, prompt, n=60)
+def test_zoo_behaves_like_table_2(zoo_accuracy):
+    clean_acc, corrupt_acc = zoo_accuracy
     assert clean_acc["related"] >= 0.8, clean_acc
     assert corrupt_acc["related"] <= 0.2, corrupt_acc
     assert corrupt_acc["related"] < clean_acc["related"]
@@ -69,11 +73,8 @@ def test_zoo_behaves_like_table_2(zoo):
 
 
 @pytest.mark.slow
-def test_corrupted_zoo_model_fails_where_the_clean_one_succeeds(zoo):
+def test_corrupted_zoo_model_fails_where_the_clean_one_succeeds(zoo_accuracy):
     """The part of Table 2 the current recipe meets: corruption hits the related suite hardest."""
-    clean, corrupt, tokenizer = load_pair(zoo.clean, zoo.corrupt)
-    prompt = PromptFormat()
-    clean_acc = accuracy(clean, tokenizer, prompt, n=60)
-    corrupt_acc = accuracy(corrupt, tokenizer, prompt, n=60)
+    clean_acc, corrupt_acc = zoo_accuracy
     assert corrupt_acc["related"] <= 0.2 < clean_acc["related"] - 0.2, (clean_acc, corrupt_acc)
     assert corrupt_acc["general"] >= clean_acc["general"] - 0.1, (clean_acc, corrupt_acc)
