@@ -9,6 +9,8 @@ and writes under ``results/<run>/eval/``::
     flagged.parquet   clean right, corrupted wrong: the patch queue
     drift.parquet     open questions: length ratio, integer-only share, likelihood gap
     logprobs.parquet  per-token log-likelihood of the clean responses under every model
+    judge.parquet     with ``eval.judge``: alignment and coherence of every open answer;
+                      judge_summary.parquet per model (misaligned share, mean scores)
     run.json          version, status, spec, timings, tables
     cache/            lm-eval's request cache per model and engine: a re-run resumes
 
@@ -43,6 +45,7 @@ from harness.endpoints import (
 )
 from harness.errors import HarnessError
 from harness.flag import flag
+from harness.judge import judge_path, judge_summary, judge_table, served_judge
 from harness.records import empty_records, records_from_samples
 from harness.summary import by_task, summarize
 from tasks.build import EVALS_DIR
@@ -62,6 +65,7 @@ class EvalRun:
     flagged: pl.DataFrame
     drift: pl.DataFrame
     seconds: dict[str, float] = field(default_factory=dict)
+    judge: pl.DataFrame | None = None
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -247,8 +251,11 @@ def run_eval(
         "max_new_tokens": cfg.eval.max_new_tokens,
         "prompt": cfg.prompt.model_dump(),
         "serve": cfg.eval.serve.model_dump(),
+        "judge": cfg.eval.judge,
         "commit": git_commit(),
     }
+    if cfg.eval.judge:
+        judge_path(cfg.eval.judge)  # a missing judge fails now, not after the evaluation
     run_file = out / "run.json"
     write_json({"version": RUN_VERSION, "status": "started", "spec": spec}, run_file)
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
@@ -269,6 +276,9 @@ def run_eval(
                     cached = CachingLM(lm, f"{cache}_rank0.db")
                     logprobs.append(score_responses(cached, lm.tokenizer, clean_open, entry.name))
                 del lm
+        judged = None
+        if cfg.eval.judge:
+            judged = judge_answers(pl.concat(frames), cfg.eval.judge, cfg, out, seconds)
     except BaseException as exc:
         write_json(
             {
@@ -288,6 +298,7 @@ def run_eval(
         flagged=flag(records),
         drift=drift_table(records, pl.concat(logprobs) if logprobs else _no_logprobs()),
         seconds=seconds,
+        judge=judged,
     )
     tables = {
         "records": run.records,
@@ -297,6 +308,8 @@ def run_eval(
         "by_task": by_task(records, cfg.eval.bootstrap_samples, cfg.eval.seed),
         "logprobs": pl.concat(logprobs) if logprobs else _no_logprobs(),
     }
+    if judged is not None:
+        tables |= {"judge": judged, "judge_summary": judge_summary(judged)}
     for name, frame in tables.items():
         write_parquet(frame, out / f"{name}.parquet")
     write_json(
@@ -311,6 +324,19 @@ def run_eval(
         run_file,
     )
     return run
+
+
+def judge_answers(
+    records: pl.DataFrame, judge: str, cfg: ExperimentConfig, out: Path, seconds: dict[str, float]
+) -> pl.DataFrame:
+    """The judge scores every model's open answers, on an engine of its own started now
+    (the evaluated models' engines are stopped: both never hold memory together)."""
+    start = time.perf_counter()
+    with served_judge(judge, cfg.eval.serve, out, cfg.models.trust_remote_code) as client:
+        seconds["judge_startup"] = time.perf_counter() - start
+        judged = judge_table(records, client)
+    seconds["judge"] = time.perf_counter() - start
+    return judged
 
 
 def _no_logprobs() -> pl.DataFrame:
@@ -336,4 +362,5 @@ def load_run(eval_dir: Path) -> EvalRun:
         read("flagged"),
         read("drift"),
         meta.get("seconds", {}),
+        read("judge") if "judge" in meta.get("tables", {}) else None,
     )
