@@ -1,10 +1,10 @@
 """Cross-model activation patching (CMAP) and the Corruption Transfer Score (CTS).
 
-    pair = load_pair("models/clean", "models/corrupt-adapter", dtype="float32", device="cpu")
-    result = run_cmap(pair, prompts_ids, site="resid_post", layers=None, max_new_tokens=128,
-                      eos_token_ids=[eos_id])
-    result.steps        # polars: one row per trajectory and step (columns: patchers.metrics)
-    result.generations  # polars: the patched model's token_ids per trajectory
+pair = load_pair("models/clean", "models/corrupt-adapter", dtype="float32", device="cpu")
+result = run_cmap(pair, prompts_ids, site="resid_post", layers=None, max_new_tokens=128,
+                  eos_token_ids=[eos_id])
+result.steps        # polars: one row per trajectory and step (columns: patchers.metrics)
+result.generations  # polars: the patched model's token_ids per trajectory
 """
 
 from patchers.cmap import MODES, CmapResult, run_cmap
