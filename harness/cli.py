@@ -220,6 +220,10 @@ def eval_(
     print_summary(run.summary, console)
     console.print(flag_counts(run.flagged))
     console.print(run.drift)
+    if run.judge is not None:
+        from harness.judge import judge_summary
+
+        console.print(judge_summary(run.judge))
     console.print(f"wrote {run.out_dir}")
 
 
