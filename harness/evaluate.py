@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from typing import Any, Literal
 
 import polars as pl
 
+from finetune.outputs import atomic_write
 from harness.config import ExperimentConfig
 from harness.drift import drift_table, open_rows, score_responses
 from harness.endpoints import (
@@ -66,17 +66,6 @@ class EvalRun:
     drift: pl.DataFrame
     seconds: dict[str, float] = field(default_factory=dict)
     judge: pl.DataFrame | None = None
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """``write(tmp)`` then rename to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_parquet(frame: pl.DataFrame, path: Path) -> None:

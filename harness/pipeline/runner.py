@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,6 +28,7 @@ from typing import Any, Literal
 from rich.console import Console
 from rich.logging import RichHandler
 
+from finetune.outputs import atomic_write
 from harness.errors import HarnessError
 
 MARKER_VERSION = 1
@@ -77,13 +77,7 @@ class StageResult:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write beside ``path`` and rename: a file that exists is complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -6,12 +6,12 @@ coloured as a score.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from finetune.outputs import atomic_write
 from harness.report.tables import SUITE_TITLES
 
 UNDEFINED_GREY = "#bdbdbd"
@@ -29,15 +29,10 @@ def _plt():
 
 def _save(fig, path: Path) -> Path:
     """Save beside ``path`` and rename: a PNG that exists is complete."""
-    plt = _plt()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight")
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight"))
     finally:
-        tmp.unlink(missing_ok=True)
-        plt.close(fig)
+        _plt().close(fig)
     return path
 
 
