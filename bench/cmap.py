@@ -55,6 +55,8 @@ def build(args, kind: str):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, Qwen3Config
 
+    from patchers.models import LORA_TARGETS
+
     torch.manual_seed(0)
     config = Qwen3Config(num_hidden_layers=args.layers, **SHAPE)
     clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
@@ -65,15 +67,7 @@ def build(args, kind: str):
     lora = LoraConfig(
         r=16,
         lora_alpha=32,
-        target_modules=[
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ],
+        target_modules=list(LORA_TARGETS),  # the maps whose base weights CMAP shares
     )
     peft_model = get_peft_model(clean, lora)
     generator = torch.Generator().manual_seed(2)

@@ -14,6 +14,8 @@ from transformers import (
     Qwen3Config,
 )
 
+from patchers.models import LORA_TARGETS
+
 SIZES = dict(
     vocab_size=97,
     hidden_size=64,
@@ -59,15 +61,7 @@ def with_adapter(model, seed: int = 2, scale: float = 0.1) -> PeftModel:
         r=4,
         lora_alpha=8,
         lora_dropout=0.0,
-        target_modules=[
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ],
+        target_modules=list(LORA_TARGETS),  # the maps whose base weights CMAP shares
     )
     peft_model = get_peft_model(model, config)
     generator = torch.Generator().manual_seed(seed)
