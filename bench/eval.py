@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", type=Path, help="model directory (default: a random one)")
     parser.add_argument("--docs", type=int)
     parser.add_argument("--tokens", type=int)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args(argv)
     docs = args.docs or (48 if args.quick else 256)
     tokens = args.tokens or (64 if args.quick else 128)
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "max_new_tokens": tokens,
                 "batch_size": 64,
                 "bootstrap_samples": 0,
-                "serve": {"dtype": "float32", "kv_cache_gb": 1},
+                "serve": {"dtype": args.dtype, "kv_cache_gb": 1},
             },
         }
     )

@@ -187,7 +187,11 @@ def eval_(
     config: ConfigArg,
     overrides: SetOpt = None,
     engine: Annotated[
-        str | None, typer.Option(help="vllm (served) or hf (the reference); default: config.")
+        str | None,
+        typer.Option(
+            help="vllm (in process), vllm-server (through the OpenAI server) or hf (the "
+            "reference); default: config."
+        ),
     ] = None,
     model: Annotated[
         list[str] | None,
@@ -212,8 +216,8 @@ def eval_(
     from harness.summary import print_summary
 
     cfg = load_config(config, overrides)
-    if engine not in (None, "vllm", "hf"):
-        raise ConfigError(f"--engine {engine!r}: expected vllm or hf")
+    if engine not in (None, "vllm", "vllm-server", "hf"):
+        raise ConfigError(f"--engine {engine!r}: expected vllm, vllm-server or hf")
     refs = {**default_models(cfg), **parse_model_options(model)}
     run = run_eval(cfg, refs, engine=engine, out_dir=out, lora=False if merged else None)
     console = Console()

@@ -76,7 +76,11 @@ class ServeConfig(Strict):
 class EvalConfig(Strict):
     """Behavioural evaluation of every model on the suites."""
 
-    engine: Literal["vllm", "hf"] = "vllm"
+    engine: Literal["vllm", "vllm-server", "hf"] = Field(
+        "vllm",
+        description="vllm: the engine in this process (fastest); vllm-server: through vLLM's "
+        "OpenAI server; hf: lm-eval's Hugging Face backend, the reference.",
+    )
     suites: list[Literal["related", "unrelated_math", "general"]] = Field(
         default_factory=lambda: list(SUITES)
     )

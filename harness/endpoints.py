@@ -145,6 +145,18 @@ def plan_servers(
     return specs, {n: (i, s, serial and i == 0) for n, (i, s, _) in where.items()}
 
 
+def planned_tokenizers(
+    models: list[ModelEntry], specs: list[ServerSpec], where: dict[str, tuple[int, str, bool]]
+) -> dict[str, str]:
+    """Each model's tokenizer; merged weights are saved with theirs."""
+    tokenizers = {m.name: m.tokenizer for m in models}
+    for entry in models:
+        i = where[entry.name][0]
+        if entry.base and i > 0:
+            tokenizers[entry.name] = str(specs[i].model)
+    return tokenizers
+
+
 @contextlib.contextmanager
 def serve_models(
     models: list[ModelEntry],
@@ -160,11 +172,7 @@ def serve_models(
     )
     if port is not None and len(specs) > 1:
         raise HarnessError(f"--port fits one engine, but these models need {len(specs)}")
-    tokenizers = {m.name: m.tokenizer for m in models}
-    for entry in models:
-        i = where[entry.name][0]
-        if entry.base and i > 0:  # merged weights are saved with their tokenizer
-            tokenizers[entry.name] = str(specs[i].model)
+    tokenizers = planned_tokenizers(models, specs, where)
     servers = [
         VllmServer(spec, work_dir / "logs" / f"vllm-{spec.name}.log", port=port) for spec in specs
     ]

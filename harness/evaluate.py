@@ -52,7 +52,7 @@ from tasks.build import EVALS_DIR
 from tasks.suites import group_name
 
 RUN_VERSION = 1
-Engine = Literal["vllm", "hf"]
+Engine = Literal["vllm", "vllm-server", "hf"]
 
 
 @dataclass
@@ -168,6 +168,27 @@ def model_factories(
     if engine == "hf":
         yield {e.name: (lambda e=e: make_hf_lm(e, cfg, lengths[e.name])) for e in entries}
         return
+    if engine == "vllm":
+        from harness.inprocess import InProcessEngines
+
+        engines = InProcessEngines(entries, cfg.eval.serve, out, lora, cfg.models.trust_remote_code)
+        try:
+            yield {
+                e.name: (
+                    lambda e=e: engines.lm(
+                        e.name,
+                        prompt_format=cfg.prompt,
+                        max_length=lengths[e.name],
+                        max_gen_toks=cfg.eval.max_new_tokens,
+                        seed=cfg.eval.seed,
+                    )
+                )
+                for e in entries
+            }
+        finally:
+            seconds["startup"] = engines.startup_seconds
+            engines.close()
+        return
     start = time.perf_counter()
     with serve_models(
         entries, cfg.eval.serve, out, lora, trust_remote_code=cfg.models.trust_remote_code
@@ -253,8 +274,8 @@ def run_eval(
     try:
         with model_factories(entries, cfg, engine, out, lora, seconds) as factories:
             for entry in entries:
+                lm = factories[entry.name]()  # an in-process engine is built here
                 start = time.perf_counter()
-                lm = factories[entry.name]()
                 cache = out / "cache" / f"{entry.name}-{fingerprint(entry, engine)}"
                 frames.append(evaluate_model(lm, entry.name, engine, cfg, cache))
                 seconds[f"eval:{entry.name}"] = time.perf_counter() - start

@@ -1,7 +1,8 @@
 """The evaluation engines: prompt format in the lm-eval classes, serving plan, vLLM vs HF parity.
 
-The vLLM tests share one server start (module fixture) on tiny random models: a clean Qwen3
-(init scale 0.1 so greedy outputs vary) and a random LoRA adapter on it as the corrupted model.
+The vLLM tests share one evaluation per engine (module fixture) on tiny random models: a clean
+Qwen3 (init scale 0.1 so greedy outputs vary) and a random LoRA adapter on it as the corrupted
+model. Both vLLM paths, in process and through the server, are held to the HF reference.
 """
 
 from __future__ import annotations
@@ -129,37 +130,45 @@ def comparable(text: str) -> str:
     return text.rstrip("\ufffd")
 
 
+VLLM_ENGINES = ["vllm", "vllm-server"]
+
+
 @pytest.fixture(scope="module")
-def served_and_reference(tmp_path_factory, pair):
+def runs(tmp_path_factory, pair):
+    """One evaluation per engine, same models and config."""
     from harness.evaluate import run_eval
 
     clean, adapter = pair
-    out = tmp_path_factory.mktemp("served")
-    cfg = config(out, clean, adapter)
-    return run_eval(cfg, engine="vllm"), run_eval(cfg, engine="hf")
+    out = tmp_path_factory.mktemp("engines")
+    return {
+        engine: run_eval(config(out, clean, adapter), engine=engine, out_dir=out / engine)
+        for engine in (*VLLM_ENGINES, "hf")
+    }
 
 
 @pytest.mark.slow
 @pytest.mark.vllm
-def test_vllm_eval_writes_every_table_for_every_model_and_suite(served_and_reference):
-    served, _ = served_and_reference
-    records = served.records
+@pytest.mark.parametrize("engine", VLLM_ENGINES)
+def test_vllm_eval_writes_every_table_for_every_model_and_suite(runs, engine):
+    run = runs[engine]
+    records = run.records
     assert set(records["model"]) == {"clean", "corrupt"}
     assert set(records["suite"]) == {"related", "unrelated_math", "general"}
     assert records.filter(pl.col("output_type") == "multiple_choice").height == 2 * 2
     for name in ("records", "summary", "by_task", "flagged", "drift", "logprobs"):
-        assert (served.out_dir / f"{name}.parquet").is_file(), name
-    assert set(served.summary["model"]) == {"clean", "corrupt"}
-    drift = served.drift.row(0, named=True)
+        assert (run.out_dir / f"{name}.parquet").is_file(), name
+    assert set(run.summary["model"]) == {"clean", "corrupt"}
+    drift = run.drift.row(0, named=True)
     assert drift["model"] == "corrupt" and drift["gap_n"] > 0
     assert drift["likelihood_gap"] is not None and drift["likelihood_gap"] != 0
-    assert served.seconds["startup"] > 0
+    assert run.seconds["startup"] > 0
 
 
 @pytest.mark.slow
 @pytest.mark.vllm
-def test_vllm_and_hf_agree_on_greedy_outputs_and_choices(served_and_reference):
-    served, reference = served_and_reference
+@pytest.mark.parametrize("engine", VLLM_ENGINES)
+def test_vllm_and_hf_agree_on_greedy_outputs_and_choices(runs, engine):
+    served, reference = runs[engine], runs["hf"]
     keys = ["model", "task", "doc_id"]
     joined = served.records.join(reference.records, on=keys, suffix="_hf")
     assert joined.height == served.records.height == reference.records.height
@@ -170,6 +179,8 @@ def test_vllm_and_hf_agree_on_greedy_outputs_and_choices(served_and_reference):
     ]
     assert sum(same) / len(same) >= 0.95, joined.filter(~pl.Series(same)).select(keys)
     assert len({comparable(r) for r in joined["response"]}) > 3, "outputs should vary"
+    choices = joined.filter(pl.col("output_type") == "multiple_choice")
+    assert (choices["correct"] == choices["correct_hf"]).all(), "loglikelihood choices differ"
     gap_served = served.drift["likelihood_gap"][0]
     gap_hf = reference.drift["likelihood_gap"][0]
     assert gap_served == pytest.approx(gap_hf, rel=0.05, abs=0.02)
@@ -181,6 +192,40 @@ def test_zoo_corrupted_model_is_worse_on_the_related_suite(tmp_path, zoo):
     from harness.evaluate import run_eval
 
     cfg = config(tmp_path, str(zoo.clean), str(zoo.corrupt), limit=8, max_new_tokens=160)
-    summary = run_eval(cfg, engine="vllm").summary.filter(pl.col("suite") == "related")
+    summary = run_eval(cfg, engine="vllm-server").summary.filter(pl.col("suite") == "related")
     accuracy = dict(zip(summary["model"], summary["accuracy"], strict=True))
     assert accuracy["corrupt"] < accuracy["clean"]
+
+
+def test_continuation_logprob_sums_the_continuation_and_checks_it_is_greedy():
+    from types import SimpleNamespace as Logprob
+
+    from harness.inprocess import EngineError, continuation_logprob
+
+    ids = [5, 6, 7, 8]
+    prompt_logprobs = [
+        None,
+        {6: Logprob(logprob=-0.5, rank=1)},
+        {7: Logprob(logprob=-1.0, rank=1)},
+        {8: Logprob(logprob=-2.0, rank=3), 9: Logprob(logprob=-0.1, rank=1)},
+    ]
+    assert continuation_logprob(ids, prompt_logprobs, 2) == (-3.0, False)
+    assert continuation_logprob(ids, prompt_logprobs, 1) == (-3.5, False)
+    assert continuation_logprob(ids[:3], prompt_logprobs[:3], 1) == (-1.5, True)
+    with pytest.raises(EngineError, match="at least one context token"):
+        continuation_logprob(ids, prompt_logprobs, 0)
+
+
+def test_in_process_engine_takes_the_server_settings(tmp_path):
+    from harness.inprocess import EngineError, engine_kwargs
+    from harness.serve import LoraModule, ServerSpec
+
+    spec = ServerSpec("m", "clean", ServeConfig(dtype="float32", max_model_len=512))
+    spec.loras.append(LoraModule("corrupt", tmp_path, 16))
+    cpu = engine_kwargs(spec, gpu=False)
+    assert cpu["kv_cache_memory_bytes"] == 2 * 2**30 and "gpu_memory_utilization" not in cpu
+    assert cpu["enable_lora"] and cpu["max_lora_rank"] == 16 and cpu["max_model_len"] == 512
+    assert not cpu["trust_remote_code"]
+    assert engine_kwargs(spec, gpu=True)["gpu_memory_utilization"] == 0.9
+    with pytest.raises(EngineError, match="vllm-server"):
+        engine_kwargs(ServerSpec("m", "c", ServeConfig(data_parallel_size=2)), gpu=False)

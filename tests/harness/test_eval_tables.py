@@ -192,7 +192,7 @@ def test_eval_cli_bad_input_is_one_line(tmp_path, tiny_model_dir):
     cases = [
         (["--model", "novalue"], "expected NAME=PATH"),
         (["--model", f"v2={tmp_path}/nope"], "does not exist"),
-        (["--engine", "tpu"], "expected vllm or hf"),
+        (["--engine", "tpu"], "expected vllm, vllm-server or hf"),
     ]
     for extra, message in cases:
         proc = subprocess.run(

