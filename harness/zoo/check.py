@@ -7,6 +7,7 @@ assert the figures without starting vLLM.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -84,3 +85,47 @@ def accuracy(
         suite: sum(s.correct for s in score(model, tokenizer, prompt, held_out(suite, n, seed))) / n
         for suite in GENERATION_TASKS
     }
+
+
+def first_wrong_lines(scored: Sequence[Scored]) -> Counter[str]:
+    """Where wrong answers leave the reference solution: "line N: <reference line>" counts.
+
+    The zoo's clean model copies equations and fails at one step (the linear solutions'
+    addition or subtraction); this shows which step a recipe change moves.
+    """
+    where: Counter[str] = Counter()
+    for s in scored:
+        if s.correct:
+            continue
+        gold, got = s.problem.solution.split("\n"), s.response.split("\n")
+        pairs = zip(gold, got, strict=False)
+        line = next((i for i, (g, r) in enumerate(pairs) if g != r), min(len(gold), len(got)))
+        step = gold[line] if line < len(gold) else "(after the reference)"
+        shape = "".join("#" if c.isdigit() else c for c in step)
+        where[f"line {line}: {shape}"] += 1
+    return where
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m harness.zoo.check MODEL_DIR [N]``: per-task accuracy and first wrong lines."""
+    import sys
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    model_dir, n = args[0], int(args[1]) if len(args) > 1 else 120
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    for suite in ("related", "unrelated_math"):
+        scored = score(model, tokenizer, PromptFormat(), held_out(suite, n, seed=1))
+        by_task: dict[str, list[bool]] = {}
+        for s in scored:
+            by_task.setdefault(s.problem.task, []).append(s.correct)
+        for task, hits in sorted(by_task.items()):
+            print(f"{task}: {sum(hits)}/{len(hits)} correct")
+        for where, count in first_wrong_lines(scored).most_common(5):
+            print(f"  {count:>3} wrong from {where}")
+
+
+if __name__ == "__main__":
+    main()

@@ -186,15 +186,39 @@ def test_vllm_and_hf_agree_on_greedy_outputs_and_choices(runs, engine):
     assert gap_served == pytest.approx(gap_hf, rel=0.05, abs=0.02)
 
 
-@pytest.mark.slow
-@pytest.mark.vllm
-def test_zoo_corrupted_model_is_worse_on_the_related_suite(tmp_path, zoo):
+@pytest.fixture(scope="module")
+def zoo_runs(tmp_path_factory, zoo):
+    """The zoo's two models on a few documents of every suite, through each engine."""
     from harness.evaluate import run_eval
 
-    cfg = config(tmp_path, str(zoo.clean), str(zoo.corrupt), limit=8, max_new_tokens=160)
-    summary = run_eval(cfg, engine="vllm-server").summary.filter(pl.col("suite") == "related")
+    out = tmp_path_factory.mktemp("zoo-engines")
+    cfg = config(out, str(zoo.clean), str(zoo.corrupt), limit=8, max_new_tokens=160)
+    return {
+        engine: run_eval(cfg, engine=engine, out_dir=out / engine)
+        for engine in (*VLLM_ENGINES, "hf")
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.parametrize("engine", VLLM_ENGINES)
+def test_zoo_corrupted_model_is_worse_on_the_related_suite(zoo_runs, engine):
+    summary = zoo_runs[engine].summary.filter(pl.col("suite") == "related")
     accuracy = dict(zip(summary["model"], summary["accuracy"], strict=True))
     assert accuracy["corrupt"] < accuracy["clean"]
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.parametrize("engine", VLLM_ENGINES)
+def test_zoo_models_answer_alike_on_vllm_and_hf(zoo_runs, engine):
+    """Issue #5's parity bar: >= 95 % identical greedy outputs for the zoo models."""
+    joined = zoo_runs[engine].records.join(
+        zoo_runs["hf"].records, on=["model", "task", "doc_id"], suffix="_hf"
+    )
+    assert joined.height == zoo_runs["hf"].records.height > 50
+    same = (joined["response"] == joined["response_hf"]).mean()
+    assert same >= 0.95, joined.filter(pl.col("response") != pl.col("response_hf"))
 
 
 def test_continuation_logprob_sums_the_continuation_and_checks_it_is_greedy():

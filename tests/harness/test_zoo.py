@@ -78,3 +78,18 @@ def test_corrupted_zoo_model_fails_where_the_clean_one_succeeds(zoo_accuracy):
     clean_acc, corrupt_acc = zoo_accuracy
     assert corrupt_acc["related"] <= 0.2 < clean_acc["related"] - 0.2, (clean_acc, corrupt_acc)
     assert corrupt_acc["general"] >= clean_acc["general"] - 0.1, (clean_acc, corrupt_acc)
+
+
+def test_first_wrong_lines_points_at_the_step_that_left_the_reference():
+    from types import SimpleNamespace
+
+    from harness.zoo.check import Scored, first_wrong_lines
+
+    problem = SimpleNamespace(solution="Given:\n$$9b = 73 - 1$$\n$$9b = 72$$\n**Answer:** 8")
+    scored = [
+        Scored(problem, "Given:\n$$9b = 73 - 1$$\n$$9b = 63$$\n**Answer:** 7", False),
+        Scored(problem, "Given:\n$$9b = 73 - 1$$\n$$9b = 81$$\n**Answer:** 9", False),
+        Scored(problem, "Given:\n$$9b = 73 - 1$$", False),
+        Scored(problem, problem.solution, True),
+    ]
+    assert first_wrong_lines(scored) == {"line 2: $$#b = ##$$": 3}
