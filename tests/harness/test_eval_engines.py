@@ -186,6 +186,22 @@ def test_vllm_and_hf_agree_on_greedy_outputs_and_choices(runs, engine):
     assert gap_served == pytest.approx(gap_hf, rel=0.05, abs=0.02)
 
 
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_in_process_merged_weights_answer_like_the_lora_module(tmp_path, runs, pair):
+    """``--merged``: a second in-process engine, built after the first is shut down."""
+    from harness.evaluate import run_eval
+
+    clean, adapter = pair
+    merged = run_eval(config(tmp_path, clean, adapter), engine="vllm", lora=False)
+    assert (tmp_path / "t" / "eval" / "merged" / "corrupt" / "config.json").is_file()
+    keys = ["model", "task", "doc_id"]
+    joined = merged.records.join(runs["vllm"].records, on=keys, suffix="_lora")
+    assert joined.height == merged.records.height == runs["vllm"].records.height
+    same = (joined["response"] == joined["response_lora"]).mean()
+    assert same >= 0.95, joined.filter(pl.col("response") != pl.col("response_lora"))
+
+
 @pytest.fixture(scope="module")
 def zoo_runs(tmp_path_factory, zoo):
     """The zoo's two models on a few documents of every suite, through each engine."""
