@@ -6,6 +6,7 @@ commands so ``harness --help`` stays instant. Expected failures become one line 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -373,8 +374,16 @@ def zoo_path() -> None:
     typer.echo(zoo_dir())
 
 
+def quiet_progress_bars_in_logs() -> None:
+    """Libraries' tqdm bars (lm-eval, transformers) become thousands of lines in a log file;
+    when stderr is not a terminal they are switched off (our own stage lines stay)."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")
+
+
 def main() -> None:
     """Entry point: expected failures print one line; bugs keep their traceback."""
+    quiet_progress_bars_in_logs()
     try:
         app()  # exits through SystemExit; click handles usage errors itself
     except Exception as exc:

@@ -69,3 +69,30 @@ def test_usage_error_is_reported_by_click():
     result = harness("patch", "--clean", "a")
     assert result.returncode == 2
     assert "Missing option" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_library_progress_bars_are_off_when_stderr_is_a_log(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    # tqdm reads TQDM_* variables when it is first imported: check it in a fresh interpreter,
+    # importing the CLI first as the entry point does
+    code = (
+        "from harness.cli import quiet_progress_bars_in_logs\n"
+        "quiet_progress_bars_in_logs()\n"
+        "from tqdm import tqdm\n"
+        "print(tqdm(range(3)).disable)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    with open(tmp_path / "log", "w") as log:
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            stderr=log,
+            capture_output=False,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            check=True,
+        )
+    assert out.stdout.strip() == "True"
