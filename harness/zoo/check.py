@@ -88,22 +88,23 @@ def accuracy(
 
 
 def first_wrong_lines(scored: Sequence[Scored]) -> Counter[str]:
-    """Where wrong answers leave the reference solution: "line N: <reference line>" counts.
+    """How many wrong answers leave the reference solution at each line ("line N, e.g. <line>").
 
     The zoo's clean model copies equations and fails at one step (the linear solutions'
     addition or subtraction); this shows which step a recipe change moves.
     """
-    where: Counter[str] = Counter()
+    lines: Counter[int] = Counter()
+    example: dict[int, str] = {}
     for s in scored:
         if s.correct:
             continue
         gold, got = s.problem.solution.split("\n"), s.response.split("\n")
         pairs = zip(gold, got, strict=False)
         line = next((i for i, (g, r) in enumerate(pairs) if g != r), min(len(gold), len(got)))
-        step = gold[line] if line < len(gold) else "(after the reference)"
-        shape = "".join("#" if c.isdigit() else c for c in step)
-        where[f"line {line}: {shape}"] += 1
-    return where
+        lines[line] += 1
+        step = gold[line] if line < len(gold) else "(past the reference's end)"
+        example.setdefault(line, "".join("#" if c.isdigit() else c for c in step))
+    return Counter({f"line {line}, e.g. {example[line]}": n for line, n in lines.items()})
 
 
 def main(argv: Sequence[str] | None = None) -> None:

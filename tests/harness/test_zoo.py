@@ -92,4 +92,4 @@ def test_first_wrong_lines_points_at_the_step_that_left_the_reference():
         Scored(problem, "Given:\n$$9b = 73 - 1$$", False),
         Scored(problem, problem.solution, True),
     ]
-    assert first_wrong_lines(scored) == {"line 2: $$#b = ##$$": 3}
+    assert first_wrong_lines(scored) == {"line 2, e.g. $$#b = ##$$": 3}
