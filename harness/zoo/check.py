@@ -10,9 +10,11 @@ import random
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from harness.errors import HarnessError
 from tasks.prompt_format import PromptFormat
 from tasks.records import Problem
 from tasks.scoring import answers_match
@@ -107,26 +109,22 @@ def first_wrong_lines(scored: Sequence[Scored]) -> Counter[str]:
     return Counter({f"line {line}, e.g. {example[line]}": n for line, n in lines.items()})
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m harness.zoo.check MODEL_DIR [N]``: per-task accuracy and first wrong lines."""
-    import sys
-
+def step_report(model_dir: Path, n: int = 120) -> list[str]:
+    """Per-task accuracy of a model on ``n`` held-out items per math suite, and where its wrong
+    answers leave the reference (``harness zoo check``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    model_dir, n = args[0], int(args[1]) if len(args) > 1 else 120
+    if not (Path(model_dir) / "config.json").is_file():
+        raise HarnessError(f"{model_dir}: not a model directory (no config.json)")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    lines = []
     for suite in ("related", "unrelated_math"):
         scored = score(model, tokenizer, PromptFormat(), held_out(suite, n, seed=1))
         by_task: dict[str, list[bool]] = {}
         for s in scored:
             by_task.setdefault(s.problem.task, []).append(s.correct)
         for task, hits in sorted(by_task.items()):
-            print(f"{task}: {sum(hits)}/{len(hits)} correct")
-        for where, count in first_wrong_lines(scored).most_common(5):
-            print(f"  {count:>3} wrong from {where}")
-
-
-if __name__ == "__main__":
-    main()
+            lines.append(f"{task}: {sum(hits)}/{len(hits)} correct")
+        lines += [f"  {c:>3} wrong from {w}" for w, c in first_wrong_lines(scored).most_common(5)]
+    return lines

@@ -18,6 +18,7 @@ COMMANDS = [
     "report",
     "zoo",
     "zoo build",
+    "zoo check",
 ]
 
 
@@ -63,6 +64,16 @@ def test_dry_run_prints_resolved_config(tmp_path):
     result = harness("run", str(good), "--dry-run", "--set", "eval.limit=3")
     assert result.returncode == 0, result.stderr
     assert "limit: 3" in result.stdout and "enable_thinking: false" in result.stdout
+
+
+def test_zoo_check_of_a_missing_model_is_one_line(tmp_path):
+    result = harness("zoo", "check", str(tmp_path / "missing"))
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        == f"error: {tmp_path / 'missing'}: not a model directory (no config.json)"
+    )
+    assert "Traceback" not in result.stderr
 
 
 def test_usage_error_is_reported_by_click():
