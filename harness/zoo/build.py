@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import shutil
 import time
 from pathlib import Path
@@ -41,6 +42,17 @@ class ModelShape(BaseModel):
     intermediate_size: int = 512
 
 
+class DrillRecipe(BaseModel):
+    """Arithmetic drills for the clean model: trained first, then mixed into the examples."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: int = Field(800, ge=0, description="first optimizer steps spent on drills only")
+    share: float = Field(0.15, ge=0, lt=1, description="share of drills in the later batches")
+    per_drill: int = Field(6, gt=0, description="computing steps packed into one drill")
+    seed: int = 97
+
+
 class ZooRecipe(BaseModel):
     """Everything that decides the zoo's models; its hash names the cache directory."""
 
@@ -66,6 +78,9 @@ class ZooRecipe(BaseModel):
         default_factory=lambda: {"related_linear": 0.7, "related_quadratic": 0.3}
     )
     data_seed: int = 11
+    drills: DrillRecipe | None = Field(
+        None, description="arithmetic drills (harness/zoo/drills.py); off by default"
+    )
     corrupt: FinetuneConfig = Field(
         default_factory=lambda: FinetuneConfig(
             enabled=True,
@@ -82,7 +97,9 @@ class ZooRecipe(BaseModel):
     )
 
     def digest(self) -> str:
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        # without drills the recipe hashes as it did before drills existed: caches stay valid
+        dump = self.model_dump(mode="json", exclude={"drills"} if self.drills is None else None)
+        blob = json.dumps(dump, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
@@ -131,6 +148,39 @@ def clean_examples(recipe: ZooRecipe) -> list[QA]:
     return qa
 
 
+def with_drills(recipe: ZooRecipe, tokenizer, encoded: list) -> tuple[list, list]:
+    """The drills trained first, and the examples with drills mixed in at ``drills.share``.
+
+    Drill steps come from training solutions of a seed of their own (never an evaluation
+    problem), drawn in the clean mix's proportions of the math suites.
+    """
+    from harness.zoo.drills import all_steps, drill_examples
+
+    drills = recipe.drills
+    if drills is None:
+        return [], encoded
+    sources = 4000
+    solutions = [
+        *build_training_data(
+            "related", "demo", round(sources * recipe.mix["related"]),
+            seed=drills.seed, tasks=recipe.related_tasks,
+        ),
+        *build_training_data(
+            "unrelated_math", "demo", round(sources * recipe.mix["unrelated_math"]),
+            seed=drills.seed,
+        ),
+    ]  # fmt: skip
+    first_count = drills.steps * recipe.batch_size
+    later = max(0, recipe.steps - drills.steps) * recipe.batch_size
+    mixed = round(later * drills.share)
+    made = drill_examples(
+        tokenizer, all_steps(e.completion for e in solutions), first_count + mixed,
+        drills.per_drill, drills.seed,
+    )  # fmt: skip
+    kept = random.Random(drills.seed).sample(encoded, min(len(encoded), later - mixed))
+    return made[:first_count], kept + made[first_count:]
+
+
 def new_model(recipe: ZooRecipe, tokenizer) -> Qwen3ForCausalLM:
     s = recipe.shape
     torch.manual_seed(recipe.seed)
@@ -175,6 +225,7 @@ def train_clean(recipe: ZooRecipe, out: Path, log) -> None:
     examples = clean_examples(recipe)
     tokenizer = train_tokenizer((f"{q}\n{a}" for q, a in examples[:4000]), recipe.vocab_size)
     encoded = encode_all(tokenizer, prompt, examples, 512, "zoo")
+    first, encoded = with_drills(recipe, tokenizer, encoded)
     model = new_model(recipe, tokenizer)
     log(
         f"training the clean model ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M "
@@ -188,6 +239,7 @@ def train_clean(recipe: ZooRecipe, out: Path, log) -> None:
         lr=recipe.learning_rate,
         pad_id=tokenizer.pad_token_id,
         seed=recipe.seed,
+        first=first,
         on_step=lambda step, loss: step % 250 or log(f"step {step}: loss {loss:.3f}"),
     )
     model.save_pretrained(out)

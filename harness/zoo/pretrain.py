@@ -30,6 +30,11 @@ def length_buckets(encoded: Sequence[Encoded], batch_size: int, seed: int) -> li
     return batches
 
 
+def batched(encoded: Sequence[Encoded], batch_size: int, seed: int) -> list[list[Encoded]]:
+    """Length-bucketed batches, in the order ``list.pop()`` takes them."""
+    return [[encoded[i] for i in b] for b in length_buckets(encoded, batch_size, seed)]
+
+
 def pretrain(
     model: torch.nn.Module,
     encoded: Sequence[Encoded],
@@ -42,22 +47,27 @@ def pretrain(
     weight_decay: float = 0.01,
     seed: int = 0,
     bf16: bool = False,
+    first: Sequence[Encoded] = (),
     on_step: Callable[[int, float], None] | None = None,
 ) -> list[float]:
-    """Train ``model`` for ``steps`` optimizer steps; returns the loss per step."""
+    """Train ``model`` for ``steps`` optimizer steps; returns the loss per step.
+
+    ``first`` (drills) is trained through once, before ``encoded`` is cycled through; both are
+    batched by length.
+    """
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(
         param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.95), fused=False
     )
     model.train()
     losses: list[float] = []
-    batches: list[list[int]] = []
+    queue = batched(first, batch_size, seed)
     epoch = 0
     for step in range(steps):
-        if not batches:
-            batches = length_buckets(encoded, batch_size, seed + epoch)
+        if not queue:
+            queue = batched(encoded, batch_size, seed + epoch)
             epoch += 1
-        batch = collate([encoded[i] for i in batches.pop()], pad_id)
+        batch = collate(queue.pop(), pad_id)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup_ratio)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):

@@ -1,0 +1,62 @@
+"""The zoo's arithmetic drills: the computing steps of training solutions, loss on results."""
+
+from __future__ import annotations
+
+from finetune.data import IGNORE
+from harness.zoo.drills import computing_steps, drill_examples
+from harness.zoo.tokenizer import train_tokenizer
+
+LINEAR = (
+    "We are given the equation:\n$$8b - 6 = 34$$\n**Step 1:** Move -6 to the right side\n"
+    "Add 6 to both sides:\n$$8b = 34 + 6$$\n$$8b = 40$$\n**Step 2:** Solve for b\n"
+    "Divide both sides by 8:\n$$b = \\frac{40}{8}$$\n$$b = 5$$\n**Answer:** 5"
+)
+
+
+def test_only_steps_that_write_a_new_number_are_drilled():
+    assert computing_steps(LINEAR) == [
+        ("$$8b = 34 + 6$$", "$$8b = 40$$"),  # the addition
+        ("$$b = \\frac{40}{8}$$", "$$b = 5$$"),  # the division
+    ]  # copies (the move, the fraction, the answer) are left out
+
+
+def test_drills_label_the_computed_lines_only():
+    tok = train_tokenizer([LINEAR] * 20, vocab_size=300)
+    steps = computing_steps(LINEAR)
+    drills = drill_examples(tok, steps, count=3, per_drill=4, seed=0)
+    assert len(drills) == 3
+    for drill in drills:
+        labelled = [t for t in drill.labels if t != IGNORE]
+        text = tok.decode(labelled)
+        assert text.count("\n") == 4 and "$$8b = 34 + 6$$" not in text
+        assert set(text.splitlines()) <= {target for _, target in steps}
+    assert drills == drill_examples(tok, steps, count=3, per_drill=4, seed=0)
+
+
+def test_drills_are_part_of_the_recipe_only_when_used():
+    import hashlib
+    import json
+
+    from harness.zoo.build import DrillRecipe, ZooRecipe
+
+    plain = ZooRecipe()
+    before = {k: v for k, v in plain.model_dump(mode="json").items() if k != "drills"}
+    blob = json.dumps(before, sort_keys=True).encode()
+    assert plain.digest() == hashlib.sha256(blob).hexdigest()[:12]  # cached zoos stay valid
+    assert ZooRecipe(drills=DrillRecipe()).digest() != plain.digest()
+    assert (
+        ZooRecipe(drills=DrillRecipe(steps=1)).digest() != ZooRecipe(drills=DrillRecipe()).digest()
+    )
+
+
+def test_drills_come_first_then_mix_into_the_examples():
+    from harness.zoo.build import DrillRecipe, ZooRecipe, with_drills
+
+    tok = train_tokenizer([LINEAR] * 20, vocab_size=300)
+    recipe = ZooRecipe(steps=10, batch_size=4, drills=DrillRecipe(steps=3, share=0.25))
+    examples = [drill_examples(tok, computing_steps(LINEAR), 1, 1, i)[0] for i in range(100)]
+    assert with_drills(ZooRecipe(), tok, examples) == ([], examples)
+    first, later = with_drills(recipe, tok, examples)
+    assert len(first) == 3 * 4  # the first three steps are drills only
+    assert len(later) == (10 - 3) * 4  # then one pass of the remaining steps' worth
+    assert sum(e not in examples for e in later) == 7  # a quarter of them drills
