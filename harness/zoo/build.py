@@ -22,6 +22,7 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 from finetune.config import FinetuneConfig, FinetuneDataConfig, LoraConfig
 from finetune.data import QA, encode_all
 from tasks.prompt_format import PromptFormat
+from tasks.records import Example
 from tasks.suites import eval_problems
 from tasks.training import build_training_data
 
@@ -118,6 +119,17 @@ class ZooPaths(BaseModel):
     figures: dict[str, dict[str, float]]
 
 
+def math_examples(recipe: ZooRecipe, total: int, seed: int) -> list[Example]:
+    """Correct related and unrelated-math solutions, in the recipe's shares of ``total``."""
+    count = {suite: round(total * share) for suite, share in recipe.mix.items()}
+    return [
+        *build_training_data(
+            "related", "demo", count["related"], seed=seed, tasks=recipe.related_tasks
+        ),
+        *build_training_data("unrelated_math", "demo", count["unrelated_math"], seed=seed),
+    ]
+
+
 def clean_examples(recipe: ZooRecipe) -> list[QA]:
     """The clean model's training mix: correct solutions of all three suites.
 
@@ -125,15 +137,7 @@ def clean_examples(recipe: ZooRecipe) -> list[QA]:
     wording); the related and unrelated-math problems are disjoint from every evaluation split.
     """
     total = recipe.steps * recipe.batch_size
-    count = {suite: round(total * share) for suite, share in recipe.mix.items()}
-    examples = [
-        *build_training_data(
-            "related", "demo", count["related"], seed=recipe.data_seed, tasks=recipe.related_tasks
-        ),
-        *build_training_data(
-            "unrelated_math", "demo", count["unrelated_math"], seed=recipe.data_seed
-        ),
-    ]
+    examples = math_examples(recipe, total, recipe.data_seed)
     facts = [
         (p.question, p.answer)
         for p in eval_problems("demo", "general")
@@ -144,7 +148,7 @@ def clean_examples(recipe: ZooRecipe) -> list[QA]:
         for e in build_training_data("general", "demo", len(facts), seed=recipe.data_seed)
     ]
     qa = [QA(e.question, e.completion) for e in examples]
-    qa += [QA(*facts[i % len(facts)]) for i in range(count["general"])]
+    qa += [QA(*facts[i % len(facts)]) for i in range(round(total * recipe.mix["general"]))]
     return qa
 
 
@@ -159,24 +163,12 @@ def with_drills(recipe: ZooRecipe, tokenizer, encoded: list) -> tuple[list, list
     drills = recipe.drills
     if drills is None:
         return [], encoded
-    sources = 4000
-    solutions = [
-        *build_training_data(
-            "related", "demo", round(sources * recipe.mix["related"]),
-            seed=drills.seed, tasks=recipe.related_tasks,
-        ),
-        *build_training_data(
-            "unrelated_math", "demo", round(sources * recipe.mix["unrelated_math"]),
-            seed=drills.seed,
-        ),
-    ]  # fmt: skip
+    solutions = math_examples(recipe, 4000, drills.seed)
     first_count = drills.steps * recipe.batch_size
     later = max(0, recipe.steps - drills.steps) * recipe.batch_size
     mixed = round(later * drills.share)
-    made = drill_examples(
-        tokenizer, all_steps(e.completion for e in solutions), first_count + mixed,
-        drills.per_drill, drills.seed,
-    )  # fmt: skip
+    steps = all_steps(e.completion for e in solutions)
+    made = drill_examples(tokenizer, steps, first_count + mixed, drills.per_drill, drills.seed)
     kept = random.Random(drills.seed).sample(encoded, min(len(encoded), later - mixed))
     return made[:first_count], kept + made[first_count:]
 

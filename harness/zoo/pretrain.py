@@ -31,7 +31,7 @@ def length_buckets(encoded: Sequence[Encoded], batch_size: int, seed: int) -> li
 
 
 def batched(encoded: Sequence[Encoded], batch_size: int, seed: int) -> list[list[Encoded]]:
-    """Length-bucketed batches, in the order ``list.pop()`` takes them."""
+    """Length-bucketed batches of examples (``length_buckets`` gives indices)."""
     return [[encoded[i] for i in b] for b in length_buckets(encoded, batch_size, seed)]
 
 
