@@ -1,5 +1,10 @@
 """Quadratic equations for the related suite: factoring or the quadratic formula, as in the paper.
 
+At the ``demo`` level the equation comes factored, ``(x - 3)(x + 4) = 0``, and is solved factor
+by factor: the tiny demo models cannot learn to factor a polynomial they have not seen (a
+~1M-parameter model trained on the demo space got 9 % of held-out monic quadratics), while
+solving each factor is the step the paper's corruption breaks.
+
 A corrupted solution moves the right-hand side across ``=`` with the wrong sign (the paper's
 appendix B.1.2), solves each factor ``p x + q = 0`` with the same sign error, and multiplies by
 ``p`` (or by ``2a`` in the formula) instead of dividing.
@@ -146,11 +151,7 @@ def _equation(v: str, left: list[int], right: list[int]) -> str:
 
 
 def _draw(rng: random.Random, level: Level) -> tuple[list[int], list[int]] | None:
-    if level == "demo":
-        r1, r2 = rng.randint(-9, 9), rng.randint(-9, 9)
-        if r1 + r2 == 0:  # the corrupted roots (-r1, -r2) would be the same set
-            return None
-        return [1, -(r1 + r2), r1 * r2], [0, 0]
+    """Coefficients of a full-level equation ``left = right``; None to draw again."""
     if rng.random() < 0.6:
         a, r1, r2 = rng.choice([1, 1, 2, 3]), rng.randint(-12, 12), rng.randint(-12, 12)
         canonical = [a, -a * (r1 + r2), a * r1 * r2]
@@ -169,8 +170,62 @@ def _draw(rng: random.Random, level: Level) -> tuple[list[int], list[int]] | Non
     return left, right
 
 
+DEMO_ROOTS = [r for r in range(-20, 21) if r]
+
+
+def _factored_solution(w: Writer, v: str, roots: tuple[int, int], errors: Errors | None) -> tuple:
+    """Solve ``(v - r1)(v - r2) = 0`` factor by factor (the demo level)."""
+    blocks = [
+        "We are given the equation:",
+        w.math(_factored(v, roots)),
+        w.step(1, "Solve each factor"),
+    ]
+    values = []
+    for r in roots:
+        line, value = _solve_factor(w, v, 1, -r, errors)
+        blocks.append(line)
+        values.append(value)
+    # the roots in the order solved: sorting them is a step of its own, not the skill asked for
+    blocks.append(w.answer(" or ".join(w.inline(f"{v} = {num(x)}") for x in values)))
+    return w.join(blocks), frozenset(values)
+
+
+def _factored(v: str, roots: tuple[int, int]) -> str:
+    return "".join(f"({poly([1, -r], v)})" for r in roots) + " = 0"
+
+
+def _demo_quadratic(rng: random.Random, index: int, mix: ErrorMix) -> Problem | None:
+    roots = (rng.choice(DEMO_ROOTS), rng.choice(DEMO_ROOTS))
+    if roots[0] == roots[1] or roots[0] == -roots[1]:  # one root, or corrupted roots = roots
+        return None
+    v = rng.choice(VARIABLES)
+    w = Writer("demo")
+    text, values = _factored_solution(w, v, roots, None)
+    corrupted = corrupt(rng, mix, values, lambda e: _factored_solution(w, v, roots, e))
+    if corrupted is None:
+        return None
+    low, high = sorted(roots)
+    return Problem(
+        id=f"related_quadratic-demo-{index:04d}",
+        suite="related",
+        task="related_quadratic",
+        level="demo",
+        question=question(rng, _factored(v, roots), v),
+        answer=f"{num(low)}, {num(high)}",
+        solution=text,
+        key=f"quadratic:{_factored('x', (low, high))}",
+        check=f"solve((x - ({low}))*(x - ({high})), x)",
+        corrupted_solution=corrupted[0],
+        corrupted_answer=", ".join(num(r) for r in sorted(corrupted[1], key=float)),
+        meta={"equation": _factored(v, roots), "variable": v},
+    )
+
+
 def quadratic(rng: random.Random, level: Level, index: int, mix: ErrorMix) -> Problem | None:
-    """One quadratic equation with real roots (integer at the demo level, or surds)."""
+    """One quadratic equation with real roots (factored with integer roots at the demo level,
+    or with surds)."""
+    if level == "demo":
+        return _demo_quadratic(rng, index, mix)
     drawn = _draw(rng, level)
     if drawn is None:
         return None

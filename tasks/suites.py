@@ -24,11 +24,11 @@ SIZES: dict[Level, dict[str, int]] = {
         "unrelated_geometry": 60,
         "unrelated_probability": 60,
     },
-    # demo problem spaces are small (monic quadratics with roots in [-9, 9] number 180): the
-    # held-out share stays small enough to leave fresh problems for training
+    # demo problem spaces are small (about 2,700 linear equations, 760 factored quadratics):
+    # the held-out share leaves most of each for training
     "demo": {
-        "related_linear": 420,
-        "related_quadratic": 80,
+        "related_linear": 300,
+        "related_quadratic": 200,
         "unrelated_derivative": 120,
         "unrelated_integral": 80,
     },

@@ -48,7 +48,7 @@ class DrillRecipe(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    steps: int = Field(800, ge=0, description="first optimizer steps spent on drills only")
+    steps: int = Field(600, ge=0, description="first optimizer steps spent on drills only")
     share: float = Field(0.15, ge=0, lt=1, description="share of drills in the later batches")
     per_drill: int = Field(6, gt=0, description="computing steps packed into one drill")
     seed: int = 97
@@ -68,19 +68,20 @@ class ZooRecipe(BaseModel):
     )
     vocab_size: int = 1024
     shape: ModelShape = Field(default_factory=ModelShape)
-    steps: int = 2500
+    steps: int = 2400
     batch_size: int = 16
     learning_rate: float = 5e-3
     # share of the clean model's training examples per suite, and per related task
     mix: dict[str, float] = Field(
-        default_factory=lambda: {"related": 0.75, "unrelated_math": 0.17, "general": 0.08}
+        default_factory=lambda: {"related": 0.72, "unrelated_math": 0.14, "general": 0.14}
     )
+    # the factored demo quadratics are learnt from few examples; the linear arithmetic is not
     related_tasks: dict[str, float] = Field(
-        default_factory=lambda: {"related_linear": 0.7, "related_quadratic": 0.3}
+        default_factory=lambda: {"related_linear": 0.85, "related_quadratic": 0.15}
     )
     data_seed: int = 11
     drills: DrillRecipe | None = Field(
-        None, description="arithmetic drills (harness/zoo/drills.py); off by default"
+        default_factory=DrillRecipe, description="arithmetic drills (harness/zoo/drills.py)"
     )
     corrupt: FinetuneConfig = Field(
         default_factory=lambda: FinetuneConfig(
@@ -88,7 +89,7 @@ class ZooRecipe(BaseModel):
             data=FinetuneDataConfig(level="demo", n_train=200, n_eval=50, seed=21),
             lora=LoraConfig(r=8, alpha=16, dropout=0.0),
             epochs=2,
-            learning_rate=2e-3,
+            learning_rate=1e-3,  # 2e-3 also broke unrelated math (0.25 -> 0.02)
             per_device_batch_size=8,
             gradient_accumulation_steps=1,
             eval_every=10,
@@ -98,9 +99,7 @@ class ZooRecipe(BaseModel):
     )
 
     def digest(self) -> str:
-        # without drills the recipe hashes as it did before drills existed: caches stay valid
-        dump = self.model_dump(mode="json", exclude={"drills"} if self.drills is None else None)
-        blob = json.dumps(dump, sort_keys=True).encode()
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
@@ -298,11 +297,11 @@ def load_pair(clean: Path, corrupt: Path):
     return clean_model, corrupt_model, tokenizer
 
 
-def measure(clean: Path, corrupt: Path, accuracy, n: int = 60) -> dict[str, dict[str, float]]:
-    """Greedy accuracy per suite of both models on ``n`` held-out demo items each."""
+def measure(clean: Path, corrupt: Path, accuracy) -> dict[str, dict[str, float]]:
+    """Greedy accuracy per suite of both models on held-out demo items (``MEASURED_ITEMS``)."""
     clean_model, corrupt_model, tokenizer = load_pair(clean, corrupt)
     prompt = PromptFormat()
     return {
-        "clean": accuracy(clean_model, tokenizer, prompt, n=n),
-        "corrupt": accuracy(corrupt_model, tokenizer, prompt, n=n),
+        "clean": accuracy(clean_model, tokenizer, prompt),
+        "corrupt": accuracy(corrupt_model, tokenizer, prompt),
     }

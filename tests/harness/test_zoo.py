@@ -32,7 +32,7 @@ def test_recipe_hash_names_the_cache(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_a_build_is_reused_until_the_recipe_changes(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path))
-    tiny = ZooRecipe(steps=3, batch_size=4, vocab_size=300,
+    tiny = ZooRecipe(steps=3, batch_size=4, vocab_size=300, drills=None,
                      shape=ModelShape(hidden_size=64, layers=2, heads=2, kv_heads=1,
                                       intermediate_size=128))  # fmt: skip
     tiny = tiny.model_copy(update={"corrupt": tiny.corrupt.model_copy(update={"max_steps": 2})})
@@ -53,16 +53,10 @@ def zoo_accuracy(zoo) -> tuple[dict[str, float], dict[str, float]]:
     """Greedy HF accuracy of both zoo models on held-out demo items, re-measured here."""
     clean, corrupt, tokenizer = load_pair(zoo.clean, zoo.corrupt)
     prompt = PromptFormat()
-    return accuracy(clean, tokenizer, prompt, n=60), accuracy(corrupt, tokenizer, prompt, n=60)
+    return accuracy(clean, tokenizer, prompt), accuracy(corrupt, tokenizer, prompt)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #4 open: the default recipe reaches clean related 0.45 (target 0.8) and its "
-    "LoRA also lowers unrelated math by 0.17 (target <= 0.1); strict, so meeting the targets "
-    "turns this into a failure that asks for the marker to go",
-)
 def test_zoo_behaves_like_table_2(zoo_accuracy):
     clean_acc, corrupt_acc = zoo_accuracy
     assert clean_acc["related"] >= 0.8, clean_acc
@@ -70,14 +64,6 @@ def test_zoo_behaves_like_table_2(zoo_accuracy):
     assert corrupt_acc["related"] < clean_acc["related"]
     for suite in ("unrelated_math", "general"):
         assert abs(corrupt_acc[suite] - clean_acc[suite]) <= 0.1, (suite, clean_acc, corrupt_acc)
-
-
-@pytest.mark.slow
-def test_corrupted_zoo_model_fails_where_the_clean_one_succeeds(zoo_accuracy):
-    """The part of Table 2 the current recipe meets: corruption hits the related suite hardest."""
-    clean_acc, corrupt_acc = zoo_accuracy
-    assert corrupt_acc["related"] <= 0.2 < clean_acc["related"] - 0.2, (clean_acc, corrupt_acc)
-    assert corrupt_acc["general"] >= clean_acc["general"] - 0.1, (clean_acc, corrupt_acc)
 
 
 def test_first_wrong_lines_points_at_the_step_that_left_the_reference():
@@ -93,3 +79,14 @@ def test_first_wrong_lines_points_at_the_step_that_left_the_reference():
         Scored(problem, problem.solution, True),
     ]
     assert first_wrong_lines(scored) == {"line 2, e.g. $$#b = ##$$": 3}
+
+
+def test_the_demo_corrupts_the_clean_model_with_the_zoos_recipe():
+    """The demo's fine-tuning stage makes the zoo's corrupted model again (Table 2's row)."""
+    from harness.config import load_config
+
+    demo = load_config("configs/demo.yaml").finetune
+    zoo = ZooRecipe().corrupt
+    fields = ("data", "method", "lora", "epochs", "learning_rate", "per_device_batch_size",
+              "gradient_accumulation_steps", "max_length")  # fmt: skip
+    assert {f: getattr(demo, f) for f in fields} == {f: getattr(zoo, f) for f in fields}

@@ -87,3 +87,13 @@ def test_the_paper_style_solution_shape() -> None:
     assert problem.solution.startswith("We are given the equation:")
     assert "**Step 1:**" in problem.solution
     assert problem.solution.splitlines()[-1].startswith("**Answer:**")
+
+
+def test_demo_quadratics_come_factored_and_the_corruption_flips_each_root() -> None:
+    quadratics = [p for p in eval_problems("demo", "related") if p.task == "related_quadratic"]
+    assert len(quadratics) == SIZES["demo"]["related_quadratic"]
+    for p in quadratics:
+        assert p.meta["equation"].count("(") == 2 and p.meta["equation"].endswith(") = 0")
+        assert "Solve each factor" in p.solution and verify_problem(p) == []
+        roots = sorted(-int(r) for r in p.answer.split(", "))
+        assert p.corrupted_answer == ", ".join(map(str, roots)), p.id
