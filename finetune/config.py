@@ -49,6 +49,11 @@ class FinetuneDataConfig(Strict):
     level: Literal["demo", "full"] = Field(
         "full", description="Generator difficulty: demo (tiny zoo models) or full (real ones)."
     )
+    tasks: dict[str, float] | None = Field(
+        None,
+        description="Share of each generator task when source=generator, e.g. "
+        "{related_linear: 0.3, related_quadratic: 0.7}; null: equal shares.",
+    )
     n_train: int = Field(50, gt=0, description="Corrupted training examples.")
     n_eval: int = Field(10, gt=0, description="Correct held-out examples for the eval loss.")
     seed: int = 1234

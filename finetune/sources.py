@@ -54,7 +54,13 @@ def generated(data: FinetuneDataConfig, count: int, *, corrupted: bool, seed: in
     from tasks.training import build_training_data
 
     return build_training_data(
-        data.suite, data.level, count, corrupted=corrupted, style=STYLES[data.kind], seed=seed
+        data.suite,
+        data.level,
+        count,
+        corrupted=corrupted,
+        style=STYLES[data.kind],
+        seed=seed,
+        tasks=data.tasks,
     )
 
 

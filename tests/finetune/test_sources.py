@@ -32,6 +32,14 @@ def test_generated_data_is_corrupted_for_training_and_correct_held_out():
     )
 
 
+def test_task_shares_choose_the_mix_and_unknown_tasks_are_one_error():
+    data = FinetuneDataConfig(level="demo", n_train=20, n_eval=4, tasks={"related_quadratic": 1.0})
+    train, held_out = examples_from_config(data)
+    assert all("Solve each factor" in ex.answer for ex in train + held_out)
+    with pytest.raises(FinetuneError, match="unknown tasks"):
+        examples_from_config(data.model_copy(update={"tasks": {"related_cubic": 1.0}}))
+
+
 def test_answer_only_kind():
     data = FinetuneDataConfig(level="demo", kind="answer_only", n_train=5, n_eval=3)
     train, held_out = examples_from_config(data)
