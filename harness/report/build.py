@@ -67,11 +67,13 @@ def header(t: RunTables) -> str:
         if stage_rows
         else ""
     )
+    limit = ev.get("limit")
+    documents = f"limit {esc(limit)} documents per task" if limit else "every document"
     return (
         f"<h1>CMAP report: {esc(t.name)}</h1>"
         f"<p class='note'>clean model <code>{esc(models.get('clean'))}</code> · corrupted model "
         f"<code>{esc(corrupt)}</code> · evaluation engine {esc(ev.get('engine'))}, level "
-        f"{esc(ev.get('level'))}, limit {esc(ev.get('limit'))} documents per task</p>{stages}"
+        f"{esc(ev.get('level'))}, {documents}</p>{stages}"
     )
 
 

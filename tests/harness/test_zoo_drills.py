@@ -33,17 +33,11 @@ def test_drills_label_the_computed_lines_only():
     assert drills == drill_examples(tok, steps, count=3, per_drill=4, seed=0)
 
 
-def test_drills_are_part_of_the_recipe_only_when_used():
-    import hashlib
-    import json
-
+def test_drills_are_part_of_the_recipe():
     from harness.zoo.build import DrillRecipe, ZooRecipe
 
-    plain = ZooRecipe()
-    before = {k: v for k, v in plain.model_dump(mode="json").items() if k != "drills"}
-    blob = json.dumps(before, sort_keys=True).encode()
-    assert plain.digest() == hashlib.sha256(blob).hexdigest()[:12]  # cached zoos stay valid
-    assert ZooRecipe(drills=DrillRecipe()).digest() != plain.digest()
+    assert ZooRecipe().drills == DrillRecipe()  # on by default
+    assert ZooRecipe(drills=None).digest() != ZooRecipe().digest()
     assert (
         ZooRecipe(drills=DrillRecipe(steps=1)).digest() != ZooRecipe(drills=DrillRecipe()).digest()
     )
@@ -55,7 +49,7 @@ def test_drills_come_first_then_mix_into_the_examples():
     tok = train_tokenizer([LINEAR] * 20, vocab_size=300)
     recipe = ZooRecipe(steps=10, batch_size=4, drills=DrillRecipe(steps=3, share=0.25))
     examples = [drill_examples(tok, computing_steps(LINEAR), 1, 1, i)[0] for i in range(100)]
-    assert with_drills(ZooRecipe(), tok, examples) == ([], examples)
+    assert with_drills(ZooRecipe(drills=None), tok, examples) == ([], examples)
     first, later = with_drills(recipe, tok, examples)
     assert len(first) == 3 * 4  # the first three steps are drills only
     assert len(later) == (10 - 3) * 4  # then one pass of the remaining steps' worth
