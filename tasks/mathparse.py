@@ -3,7 +3,10 @@
 The scorer compares meanings, not strings: ``\\frac{1}{2}``, ``½`` and ``0.5`` are one value and
 ``x = 8 or x = -6`` is the set {-6, 8}. Model output is untrusted, so only a whitelist of names
 reaches sympy's parser, huge powers are refused before they are evaluated, and simplification
-runs under a time limit.
+runs under a time limit. A limit that runs out raises ``ParseTimeout`` (never "not equal"), so
+the caller can tell "could not decide" from "different". The common forms (integers, decimals,
+fractions and sets of them) have an exact path without sympy (``exact_values``) that needs no
+limit at all.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 
 import sympy as sp
 from sympy.parsing.sympy_parser import (
@@ -62,8 +66,11 @@ _DROP = re.compile(
 )
 
 
-class ParseTimeout(Exception):
-    """Parsing or simplification took longer than allowed."""
+class ParseTimeout(BaseException):
+    """Parsing or simplification took longer than allowed.
+
+    A BaseException, so that sympy's internal ``except Exception`` cannot swallow the alarm.
+    """
 
 
 @contextlib.contextmanager
@@ -263,6 +270,7 @@ def parse_value(part: str, *, take_rhs: bool = True) -> Value | None:
     """Parse one normalized value ('2sqrt(38)', '0.25', '50%') into a Value, or None.
 
     ``take_rhs``: read 'x = 5' as its value side '5' (off: parse one side of an equation).
+    Raises ParseTimeout when parsing runs out of time (not cached, unlike a refusal).
     """
     part = _strip_words(_rhs(part) if take_rhs else part).strip().rstrip(".").strip()
     part = re.sub(r"(?<=[0-9)])\s*!", "!", part)
@@ -284,7 +292,9 @@ def parse_value(part: str, *, take_rhs: bool = True) -> Value | None:
             expr = parse_expr(part, local_dict=dict(_LOCALS), transformations=_TRANSFORMS)
             if percent:
                 expr = expr / 100
-    except (ParseTimeout, Exception):  # sympy raises many kinds on malformed text
+    except ParseTimeout:
+        raise
+    except Exception:  # sympy raises many kinds on malformed text
         return None
     if not isinstance(expr, sp.Expr) or isinstance(expr, sp.Tuple):
         return None
@@ -299,23 +309,135 @@ def _drop_integration_constant(expr: sp.Expr) -> sp.Expr:
     return expr
 
 
+def _value_parts(text: str) -> list[str]:
+    """The value-bearing parts of an answer, one per value; prose-only parts are skipped."""
+    text = re.sub(r"\b(?:is equal to|equals|is|are)\b", "=", normalize(text))
+    parts = []
+    for part in _split_top_level(text):
+        for branch in _plus_minus(_rhs(part)):
+            if _strip_words(branch).strip(" .=+-*/()"):
+                parts.append(branch)
+    return parts
+
+
 def parse_values(text: str) -> list[Value]:
     """All values in a final answer: '7 \\pm \\sqrt{38}' gives two, 'x = 2 or x = 3' two.
 
     Parts that are only prose ('Therefore', 'which is correct') are skipped; a part that looks
     like math but does not parse makes the whole answer unparseable (an empty list).
     """
-    text = re.sub(r"\b(?:is equal to|equals|is|are)\b", "=", normalize(text))
     values: list[Value] = []
-    for part in _split_top_level(text):
-        for branch in _plus_minus(_rhs(part)):
-            if not _strip_words(branch).strip(" .=+-*/()"):
-                continue
-            value = parse_value(branch)
-            if value is None:
-                return []
-            values.append(value)
+    for part in _value_parts(text):
+        value = parse_value(part)
+        if value is None:
+            return []
+        values.append(value)
     return values
+
+
+@dataclass(frozen=True)
+class Exact:
+    """A rational value read without sympy, and its decimal places when written as a decimal."""
+
+    value: Fraction
+    decimals: int | None = None
+
+
+_DIGITS = re.compile(r"\d+(?:\.\d+)?|\.\d+")
+
+
+def _rational(text: str) -> Fraction | None:
+    """'-((7)/(3))', '0.25', '-6' as a Fraction; None for anything else (sympy's job)."""
+    pos = 0
+
+    def unary() -> Fraction | None:
+        nonlocal pos
+        sign = 1
+        while pos < len(text) and text[pos] in "+-":
+            sign, pos = (-sign if text[pos] == "-" else sign), pos + 1
+        if pos < len(text) and text[pos] == "(":
+            pos += 1
+            inner = quotient()
+            if inner is None or pos >= len(text) or text[pos] != ")":
+                return None
+            pos += 1
+            return sign * inner
+        match = _DIGITS.match(text, pos)
+        if not match:
+            return None
+        pos = match.end()
+        return sign * Fraction(match.group(0))
+
+    def quotient() -> Fraction | None:
+        nonlocal pos
+        value = unary()
+        while value is not None and pos < len(text) and text[pos] == "/":
+            pos += 1
+            divisor = unary()
+            if not divisor:  # unparseable or division by zero: leave it to sympy
+                return None
+            value /= divisor
+        return value
+
+    try:
+        value = quotient()
+    except ValueError:  # a literal longer than int() accepts
+        return None
+    return value if pos == len(text) else None
+
+
+def _exact_value(part: str) -> Exact | None:
+    """One part (as ``parse_value`` reads it) as an exact rational, or None."""
+    part = _strip_words(_rhs(part)).strip().rstrip(".").strip()
+    compact = part.replace(" ", "")
+    if not compact or len(compact) > _MAX_CHARS:
+        return None
+    value = _rational(compact)
+    if value is None:
+        return None
+    literal = re.fullmatch(r"[+-]?\d*\.(\d+)", compact)
+    return Exact(value, len(literal.group(1)) if literal else None)
+
+
+def exact_values(text: str) -> list[Exact] | None:
+    """The values of an answer made only of rationals ('-6, 8', 'x = \\frac{-7}{3}'), no sympy.
+
+    None when any part is something else (a root, a symbol, a percentage): then use
+    ``parse_values``. An answer with no values at all gives an empty list, as there.
+    """
+    values = []
+    for part in _value_parts(text):
+        value = _exact_value(part)
+        if value is None:
+            return None
+        values.append(value)
+    return values
+
+
+def _exact_rounding(value: Fraction, decimals: int | None, literal: Fraction) -> bool:
+    """``_rounding_match`` in exact arithmetic: 0.33 stands for 1/3 (>= 2 places)."""
+    if decimals is None or decimals < 2:
+        return False
+    scale = 10**decimals
+    return round(literal * scale) in (round(value * scale), int(value * scale))
+
+
+def exact_equal(a: Exact, b: Exact) -> bool:
+    """Equal rationals, or one a decimal that is the other rounded or cut to its places."""
+    return (
+        a.value == b.value
+        or _exact_rounding(a.value, b.decimals, b.value)
+        or _exact_rounding(b.value, a.decimals, a.value)
+    )
+
+
+def exact_sets_equal(response: list[Exact], reference: list[Exact]) -> bool:
+    """``value_sets_equal`` for exact values: the same set, each side covering the other."""
+    if not response or not reference:
+        return False
+    return all(any(exact_equal(r, g) for g in response) for r in reference) and all(
+        any(exact_equal(g, r) for r in reference) for g in response
+    )
 
 
 def _close(a: complex, b: complex, rel: float = 1e-9) -> bool:
@@ -377,7 +499,9 @@ def _same_function(left: sp.Expr, right: sp.Expr) -> bool:
     try:
         with time_limit(3.0):
             return sp.simplify(left - right) == 0
-    except (ParseTimeout, Exception):
+    except ParseTimeout:
+        raise  # undecided, not different
+    except Exception:
         return False
 
 

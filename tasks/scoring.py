@@ -1,21 +1,39 @@
 """One answer checker for every suite: find the final answer, then compare meanings.
 
 ``extract_answer`` finds what a response commits to (``\\boxed{}``, "Final Answer:", "Answer:",
-else the last equation or number). ``answers_match`` compares it with a reference: as math
-(sympy values and root sets, see ``tasks.mathparse``), as a chemical formula (subscripts in any
-notation, case-sensitive), or as a short text fact (aliases, accents and articles ignored, found
-in the answer or the response's opening sentence). Close-but-wrong answers fail by design.
+else the last equation or number). ``judge_answer`` compares it with a reference: as math
+(exact rationals first, else sympy values and root sets, see ``tasks.mathparse``), as a chemical
+formula (subscripts in any notation, case-sensitive), or as a short text fact (aliases, accents
+and articles ignored, found in the answer or the response's opening sentence). Close-but-wrong
+answers fail by design.
+
+A fact counts only where the reply asserts it: a mention with a negation cue shortly before it in
+the same clause ("is not Paris", "rather than Paris"), or followed by "is not", is a denial. A
+comparison that runs out of time is "unscored": neither credited nor counted wrong, so no figure
+depends on how busy the machine was.
 """
 
 from __future__ import annotations
 
 import re
+import time
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal, TypeVar
 
-from tasks.mathparse import ParseTimeout, parse_values, time_limit, value_sets_equal
+from tasks.mathparse import (
+    ParseTimeout,
+    exact_sets_equal,
+    exact_values,
+    parse_values,
+    time_limit,
+    value_sets_equal,
+)
 
-__all__ = ["answers_match", "extract_answer", "reference_kind"]
+__all__ = ["Verdict", "answers_match", "extract_answer", "judge_answer", "reference_kind"]
+
+Verdict = Literal["correct", "wrong", "unscored"]
+_T = TypeVar("_T")
 
 
 def _words(text: str) -> tuple[str, ...]:
@@ -129,16 +147,6 @@ def _number_words_to_digits(text: str) -> str:
     return pattern.sub(repl, text)
 
 
-def _fold(text: str) -> str:
-    """Lowercase, strip accents, markdown, punctuation and articles for text comparison."""
-    text = unicodedata.normalize("NFKD", text)
-    text = "".join(c for c in text if not unicodedata.combining(c)).lower()
-    text = re.sub(r"\\text\{([^}]*)\}", r"\1", text)
-    text = re.sub(r"[^a-z0-9\s-]", " ", text).replace("-", " ")
-    text = re.sub(r"\b(?:the|a|an)\b", " ", text)
-    return re.sub(r"\s+", " ", text).strip()
-
-
 def _formula_text(text: str) -> str:
     """Chemical formulas in any notation -> plain 'H2O' (subscripts, LaTeX, HTML)."""
     text = unicodedata.normalize("NFKC", text)  # ₂ -> 2
@@ -177,58 +185,191 @@ def _regions(response: str, answer: str | None) -> list[str]:
     return regions
 
 
+# Negation: a cue among the few words before a mention, in its clause, makes it a denial.
+_NEGATION_WINDOW = 4
+_NEGATIONS = frozenset(_words("not no never neither nor"))
+_NEGATION_PAIRS = frozenset({("rather", "than"), ("instead", "of"), ("other", "than")})
+_NOT_A_DENIAL = frozenset(_words("only just doubt"))  # "not only Paris", "no doubt Paris"
+_COPULAS = frozenset(_words("is was are were does did do has have had will would"))
+_CLAUSE_BREAK = re.compile(
+    r"[,;:.!?()\[\]\u2013\u2014]|\b(?:but|however|although|though|whereas)\b", re.IGNORECASE
+)
+_CONTRACTION = re.compile(r"n['\u2019]t\b", re.IGNORECASE)  # isn't, wasn't, can't, won't
+_FUSED_NOT = re.compile(r"\b(is|was|are|were|does|did|do|has|have|had|can)(?:nt|not)\b", re.I)
+_ARTICLES = frozenset(_words("the a an"))
+_TEXT_WRAPPER = re.compile(r"\\text\{([^}]*)\}")
+
+
+def _fact_words(text: str) -> list[tuple[str, int, int]]:
+    """Folded words of ``text`` with their spans: accents, case and articles dropped."""
+    words = []
+    for match in re.finditer(r"[^\W_]+", text):
+        plain = unicodedata.normalize("NFKD", match.group(0))
+        plain = "".join(c for c in plain if not unicodedata.combining(c)).lower()
+        for word in re.findall(r"[a-z0-9]+", plain):
+            if word not in _ARTICLES:
+                words.append((word, match.start(), match.end()))
+    return words
+
+
+def _prepare(text: str) -> str:
+    """Unwrap ``\\text{}`` and spell out "n't" ("isn't" -> "is not") for the negation cues."""
+    text = _CONTRACTION.sub(" not", _TEXT_WRAPPER.sub(r"\1", text))
+    return _FUSED_NOT.sub(r"\1 not", text)
+
+
+def _asserted(before: str, after: str) -> bool:
+    """Whether a mention between ``before`` and ``after`` is asserted, not denied.
+
+    Denied: a negation cue among the ``_NEGATION_WINDOW`` words before it in its clause ("is not
+    Paris", "isn't Paris", "rather than Paris", "instead of Paris"), or the mention followed by
+    "is not" ("Paris is not the capital"). "Not only" and "no doubt" deny nothing.
+    """
+    window = [w for w, *_ in _fact_words(_prepare(_CLAUSE_BREAK.split(before)[-1]))]
+    window = window[-_NEGATION_WINDOW:]
+    for i, word in enumerate(window):
+        following = window[i + 1] if i + 1 < len(window) else None
+        if word in _NEGATIONS and following not in _NOT_A_DENIAL:
+            return False
+        if (word, following) in _NEGATION_PAIRS:
+            return False
+    rest = [w for w, *_ in _fact_words(_prepare(_CLAUSE_BREAK.split(after, maxsplit=1)[0]))][:3]
+    return not (
+        len(rest) >= 2
+        and rest[0] in _COPULAS
+        and rest[1] in ("not", "never")
+        and (len(rest) < 3 or rest[2] not in _NOT_A_DENIAL)
+    )
+
+
 def _text_match(regions: list[str], reference: str) -> bool:
-    target = _fold(reference)
+    """The fact's words, in order, asserted somewhere in one of the regions."""
+    target = [w for w, *_ in _fact_words(_prepare(reference))]
     if not target:
         return False
-    pattern = re.compile(rf"(?<![a-z0-9]){re.escape(target)}(?![a-z0-9])")
-    return any(pattern.search(_fold(region)) for region in regions)
+    size = len(target)
+    for region in regions:
+        text = _prepare(region)
+        words = _fact_words(text)
+        for i in range(len(words) - size + 1):
+            if [w for w, *_ in words[i : i + size]] != target:
+                continue
+            if _asserted(text[: words[i][1]], text[words[i + size - 1][2] :]):
+                return True
+    return False
 
 
 def _formula_match(regions: list[str], reference: str) -> bool:
     target = _formula_text(reference).strip()
     pattern = re.compile(rf"(?<![A-Za-z0-9]){re.escape(target)}(?![a-z0-9])")
-    return any(pattern.search(_formula_text(region)) for region in regions)
+    for region in regions:
+        text = _formula_text(region)
+        for match in pattern.finditer(text):
+            if _asserted(text[: match.start()], text[match.end() :]):
+                return True
+    return False
 
 
-def _math_match(response: str, answer: str | None, reference: str) -> bool:
-    expected = parse_values(reference)
-    if not expected:
+class _Budget:
+    """The seconds one check may spend in sympy, shared by all its comparisons.
+
+    The exact path runs outside it and never times out; a sympy step that finds the budget spent
+    (or spends it) gives None and marks the check as timed out, so it ends "unscored" unless
+    another comparison finds the answer correct. Like ``time_limit``, it interrupts sympy only
+    on the main thread; elsewhere the parser's own guards must do.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+        self.timed_out = False
+
+    def run(self, step: Callable[[], _T]) -> _T | None:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            self.timed_out = True
+            return None
+        try:
+            with time_limit(left):
+                return step()
+        except ParseTimeout:
+            self.timed_out = True
+            return None
+
+
+def _value_count(budget: _Budget, reference: str) -> int | None:
+    """How many values the reference has (0: unparseable), None when that ran out of time."""
+    exact = exact_values(reference)
+    if exact is not None:
+        return len(exact)
+    values = budget.run(lambda: parse_values(reference))
+    return None if values is None else len(values)
+
+
+def _same_values(budget: _Budget, text: str, reference: str) -> bool:
+    """Equal value sets: exactly when both sides are rationals, else with sympy in the budget."""
+    given, expected = exact_values(text), exact_values(reference)
+    if given is not None and expected is not None:
+        return exact_sets_equal(given, expected)
+    return bool(budget.run(lambda: value_sets_equal(parse_values(text), parse_values(reference))))
+
+
+def _asserted_number(budget: _Budget, text: str, reference: str, *, last: bool) -> bool:
+    """A number in prose equal to the reference and not denied ("It wasn't 1945.")."""
+    matches = list(_NUMBER.finditer(text))
+    for match in matches[-1:] if last else matches:
+        if _same_values(budget, match.group(0), reference) and _asserted(
+            text[: match.start()], text[match.end() :]
+        ):
+            return True
+    return False
+
+
+def _denies_a_number(text: str) -> bool:
+    """Whether a number in ``text`` is denied ("not 5", "isn't 1945"); prose is stripped later."""
+    return any(
+        not _asserted(text[: match.start()], text[match.end() :])
+        for match in _NUMBER.finditer(text)
+    )
+
+
+def _math_match(budget: _Budget, response: str, answer: str | None, reference: str) -> bool:
+    count = _value_count(budget, reference)
+    if not count:
         return False
-    if answer is not None and value_sets_equal(parse_values(answer), expected):
+    if (
+        answer is not None
+        and not _denies_a_number(answer)
+        and _same_values(budget, answer, reference)
+    ):
         return True
     text = _clean_response(response)
-    if len(expected) != 1 or answer is None or _boxed(text) or _MARKER.search(text):
+    if count != 1 or answer is None or _boxed(text) or _MARKER.search(text):
         return False
     # No committed answer: the last number of the last line, or a number stated in an
     # opening sentence of prose ("It ended in 1945, when Japan surrendered on September 2.").
-    numbers = _NUMBER.findall(answer)
-    if numbers and value_sets_equal(parse_values(numbers[-1]), expected):
+    if _asserted_number(budget, answer, reference, last=True):
         return True
     if "=" in text:
         return False
     sentence = _number_words_to_digits(_first_sentence(text))
-    return any(value_sets_equal(parse_values(n), expected) for n in _NUMBER.findall(sentence))
+    return _asserted_number(budget, sentence, reference, last=False)
 
 
-def answers_match(response: str, reference: str, aliases: Sequence[str] = ()) -> bool:
-    """Whether ``response`` gives the same final answer as ``reference`` (or one of ``aliases``).
+def judge_answer(response: str, reference: str, aliases: Sequence[str] = ()) -> Verdict:
+    """The verdict on ``response`` against ``reference`` (or one of ``aliases``).
 
-    >>> answers_match("**Answer:** $x = 8$ or $x = -6$", "-6, 8")
-    True
-    >>> answers_match("The answer is 7 + √37", "7 \\\\pm \\\\sqrt{38}")
-    False
+    "correct" when a comparison finds the same final answer, "unscored" when none does but one
+    ran out of its ``_SECONDS_PER_CHECK`` (a busy machine must not make answers wrong), else
+    "wrong". An empty response is wrong.
+
+    >>> judge_answer("**Answer:** $x = 8$ or $x = -6$", "-6, 8")
+    'correct'
+    >>> judge_answer("It isn't Paris.", "Paris")
+    'wrong'
     """
     if not response or not response.strip():
-        return False
-    try:
-        with time_limit(_SECONDS_PER_CHECK):
-            return _answers_match(response, reference, aliases)
-    except ParseTimeout:
-        return False
-
-
-def _answers_match(response: str, reference: str, aliases: Sequence[str]) -> bool:
+        return "wrong"
+    budget = _Budget(_SECONDS_PER_CHECK)
     answer = extract_answer(response)
     for ref in (reference, *aliases):
         if not ref or not str(ref).strip():
@@ -237,11 +378,22 @@ def _answers_match(response: str, reference: str, aliases: Sequence[str]) -> boo
         kind = reference_kind(ref)
         if kind == "math":
             spelled = _number_words_to_digits(answer) if answer else answer
-            if _math_match(response, spelled, ref):
-                return True
+            if _math_match(budget, response, spelled, ref):
+                return "correct"
         elif kind == "formula":
             if _formula_match(_regions(response, answer), ref):
-                return True
+                return "correct"
         elif _text_match(_regions(response, answer), ref):
-            return True
-    return False
+            return "correct"
+    return "unscored" if budget.timed_out else "wrong"
+
+
+def answers_match(response: str, reference: str, aliases: Sequence[str] = ()) -> bool:
+    """Whether ``judge_answer`` finds ``response`` correct (unscored counts as not correct).
+
+    >>> answers_match("**Answer:** $x = 8$ or $x = -6$", "-6, 8")
+    True
+    >>> answers_match("The answer is 7 + √37", "7 \\\\pm \\\\sqrt{38}")
+    False
+    """
+    return judge_answer(response, reference, aliases) == "correct"

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from fractions import Fraction
+
 import pytest
 
-from tasks.scoring import answers_match, extract_answer, reference_kind
+import tasks.mathparse
+import tasks.scoring
+from tasks.mathparse import Exact, exact_values, parse_value
+from tasks.scoring import answers_match, extract_answer, judge_answer, reference_kind
 
 CASES = [
     ("**Answer:** 208", "208", True),
@@ -158,3 +165,158 @@ def test_reference_kind(reference: str, kind: str) -> None:
 def test_adversarial_input_is_refused_quickly() -> None:
     assert not answers_match("Answer: 10**10**10**10", "5")
     assert not answers_match("Answer: __import__('os').getcwd()", "5")
+
+
+NEGATION_CASES = [
+    ("The capital of France is not Paris; it is Lyon.", "Paris", "wrong"),
+    ("It isn't Paris.", "Paris", "wrong"),
+    ("It isn\u2019t Paris.", "Paris", "wrong"),
+    ("It isnt Paris", "Paris", "wrong"),
+    ("Paris is the capital of France.", "Paris", "correct"),
+    ("The capital is Paris, not Lyon.", "Paris", "correct"),
+    ("It is not Lyon, it is Paris.", "Paris", "correct"),
+    ("It is not Lyon. It is Paris.", "Paris", "correct"),
+    ("Not Lyon but Paris.", "Paris", "correct"),
+    ("No, it is Paris.", "Paris", "correct"),
+    ("It was never Paris.", "Paris", "wrong"),
+    ("It wasn't the city of Paris.", "Paris", "wrong"),
+    ("Rather than Paris, the capital is Lyon.", "Paris", "wrong"),
+    ("The capital is Lyon instead of Paris.", "Paris", "wrong"),
+    ("The capital is Paris instead of Lyon.", "Paris", "correct"),
+    ("Paris is not the capital of France.", "Paris", "wrong"),
+    ("Not only is Paris the capital, it is the largest city.", "Paris", "correct"),
+    ("There is no doubt it is Paris.", "Paris", "correct"),
+    ("**Answer:** not Paris", "Paris", "wrong"),
+    ("It is Washington, D.C.", "Washington, D.C.", "correct"),
+    ("It is not Washington, D.C.", "Washington, D.C.", "wrong"),
+    ("The formula of water is not H₂O.", "H2O", "wrong"),
+    ("The formula of water is not H2O2 but H2O.", "H2O", "correct"),
+    ("It wasn't 1945.", "1945", "wrong"),
+    ("World War II did not end in 1944 but in 1945.", "1945", "correct"),
+    ("There are not nine planets.", "9", "wrong"),
+    ("**Answer:** not 5", "5", "wrong"),
+]
+
+
+@pytest.mark.parametrize(("response", "reference", "verdict"), NEGATION_CASES)
+def test_a_denied_mention_is_not_the_answer(response: str, reference: str, verdict: str) -> None:
+    assert judge_answer(response, reference) == verdict
+    assert answers_match(response, reference) is (verdict == "correct")
+
+
+def test_a_denied_alias_is_not_the_answer() -> None:
+    assert judge_answer("It is not Peking.", "Beijing", aliases=("Peking",)) == "wrong"
+    assert judge_answer("Peking, not Shanghai.", "Beijing", aliases=("Peking",)) == "correct"
+
+
+@pytest.mark.parametrize(
+    ("text", "values"),
+    [
+        ("-7/3", [Exact(Fraction(-7, 3))]),
+        ("\\frac{-7}{3}", [Exact(Fraction(-7, 3))]),
+        ("-\\frac{7}{3}", [Exact(Fraction(-7, 3))]),
+        ("x = -6 or x = 8", [Exact(Fraction(-6)), Exact(Fraction(8))]),
+        ("-6, 8", [Exact(Fraction(-6)), Exact(Fraction(8))]),
+        ("0.25", [Exact(Fraction(1, 4), decimals=2)]),
+        ("1,000,000", [Exact(Fraction(1000000))]),
+        ("x = \\pm 3", [Exact(Fraction(3)), Exact(Fraction(-3))]),
+        ("Therefore", []),
+        ("\\sqrt{8}", None),
+        ("x^4 + C", None),
+        ("50%", None),
+        ("1/0", None),
+        ("2(3)", None),
+    ],
+)
+def test_exact_values_read_the_common_forms_only(text: str, values: list[Exact] | None) -> None:
+    assert exact_values(text) == values
+
+
+def _no_sympy(*_args: object, **_kwargs: object) -> object:
+    raise AssertionError("sympy path taken")
+
+
+EXACT_CASES = [
+    ("**Answer:** 208", "208", "correct"),
+    ("**Answer:** 5", "208", "wrong"),
+    ("x = -7/3", "\\frac{-7}{3}", "correct"),
+    ("$$\\boxed{-\\frac{7}{3}}$$", "-7/3", "correct"),
+    ("x = 7/3", "-7/3", "wrong"),
+    ("x = -6 or x = 8", "-6, 8", "correct"),
+    ("$$\\boxed{x = 8 \\text{ or } x = -6}$$", "-6, 8", "correct"),
+    ("x = 8", "-6, 8", "wrong"),
+    ("x = 8 or x = 6", "-6, 8", "wrong"),
+    ("Answer: 0.33", "\\frac{1}{3}", "correct"),
+    ("Answer: 0.3", "\\frac{1}{3}", "wrong"),
+    ("1,000,000", "1000000", "correct"),
+    ("World War II ended in 1945, when Japan surrendered on September 2.", "1945", "correct"),
+    ("two hundred and six bones", "206", "correct"),
+]
+
+
+@pytest.mark.parametrize(("response", "reference", "verdict"), EXACT_CASES)
+def test_common_forms_take_the_exact_path(
+    response: str, reference: str, verdict: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tasks.scoring, "parse_values", _no_sympy)
+    monkeypatch.setattr(tasks.scoring, "value_sets_equal", _no_sympy)
+    monkeypatch.setattr(tasks.mathparse, "parse_expr", _no_sympy)
+    assert judge_answer(response, reference) == verdict
+
+
+def test_other_forms_still_reach_sympy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exact-path test can fail: a root is not a rational, so sympy is asked."""
+    monkeypatch.setattr(tasks.scoring, "parse_values", _no_sympy)
+    with pytest.raises(AssertionError, match="sympy path taken"):
+        judge_answer("So $x = \\sqrt{8}$", "2\\sqrt{2}")
+
+
+@pytest.fixture
+def slow_sympy(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """sympy's parser takes 30 s and a check may spend 0.2 s: every sympy step times out."""
+    calls: list[str] = []
+
+    def slow_parse(text: str, *_args: object, **_kwargs: object) -> object:
+        calls.append(text)
+        time.sleep(30)
+        raise AssertionError("the time limit did not interrupt the parser")
+
+    parse_value.cache_clear()
+    monkeypatch.setattr(tasks.scoring, "_SECONDS_PER_CHECK", 0.2)
+    monkeypatch.setattr(tasks.mathparse, "parse_expr", slow_parse)
+    yield calls
+    parse_value.cache_clear()
+
+
+def test_a_timed_out_comparison_is_unscored_not_wrong(slow_sympy: list[str]) -> None:
+    start = time.monotonic()
+    assert judge_answer("$$\\boxed{x^4 + C}$$", "x^4 + C") == "unscored"
+    assert not answers_match("$$\\boxed{x^4 + C}$$", "x^4 + C")
+    assert time.monotonic() - start < 5
+    assert slow_sympy, "the slow parser was never called"
+
+
+def test_the_budget_is_shared_by_every_comparison_of_a_check(slow_sympy: list[str]) -> None:
+    aliases = ("x^{4} + C", "x^4 + K", "C + x^4")
+    assert judge_answer("$$\\boxed{x^4 + C}$$", "x^4 + C", aliases) == "unscored"
+    assert len(slow_sympy) == 1  # once spent, the budget starts no further sympy step
+
+
+def test_the_exact_path_never_times_out(slow_sympy: list[str]) -> None:
+    assert judge_answer("**Answer:** 8", "8") == "correct"
+    assert judge_answer("**Answer:** x = 8 or x = -6", "-6, 8") == "correct"
+    assert judge_answer("**Answer:** 7", "8") == "wrong"
+    assert not slow_sympy
+
+
+def test_a_match_after_a_timeout_is_correct(slow_sympy: list[str]) -> None:
+    assert judge_answer("Paris.", "\\sqrt{2}", aliases=("Paris",)) == "correct"
+    assert slow_sympy == ["sqrt(2)"]  # the reference timed out, the alias still matched
+
+
+def test_a_timeout_is_not_remembered(
+    monkeypatch: pytest.MonkeyPatch, slow_sympy: list[str]
+) -> None:
+    assert judge_answer("$$\\boxed{3x^2 + 7}$$", "3x^2 + 7") == "unscored"
+    monkeypatch.undo()
+    assert judge_answer("$$\\boxed{3x^2 + 7}$$", "3x^2 + 7") == "correct"
