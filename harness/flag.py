@@ -2,7 +2,9 @@
 
 Only generated answers are flagged (multiple-choice items are scored by likelihood, which the
 patcher's autoregressive generation cannot replay); each row keeps the question, the exact
-prompt text and both responses, per corrupted model and suite.
+prompt text and both responses, per corrupted model and suite. Only clean verdict "correct" and
+corrupted verdict "wrong" count: a response that ran out of tokens has no answer, so it is
+neither a clean success nor a corruption; those are listed apart (``truncated``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import polars as pl
 
 from harness.endpoints import CLEAN
+from harness.records import LENGTH, with_verdicts
 
 KEYS = ["suite", "task", "doc_id"]
 FLAG_SCHEMA = {
@@ -26,14 +29,21 @@ FLAG_SCHEMA = {
     "corrupt_response": pl.String,
     "corrupt_answer": pl.String,
 }
+TRUNCATED_SCHEMA = {
+    "model": pl.String,
+    "suite": pl.String,
+    "task": pl.String,
+    "doc_id": pl.Int64,
+    "item_id": pl.String,
+    "n_tokens": pl.Int64,
+    "verdict": pl.String,
+}
 
 
 def flag(records: pl.DataFrame, clean: str = CLEAN) -> pl.DataFrame:
-    """Rows where ``clean`` is correct and another model is not, for every other model."""
-    scored = records.filter(
-        (pl.col("output_type") == "generate_until") & pl.col("correct").is_not_null()
-    )
-    right = scored.filter((pl.col("model") == clean) & pl.col("correct")).select(
+    """Rows where ``clean``'s verdict is correct and another model's is wrong, per model."""
+    scored = with_verdicts(records).filter(pl.col("output_type") == "generate_until")
+    right = scored.filter((pl.col("model") == clean) & (pl.col("verdict") == "correct")).select(
         *KEYS,
         "item_id",
         "question",
@@ -42,7 +52,7 @@ def flag(records: pl.DataFrame, clean: str = CLEAN) -> pl.DataFrame:
         pl.col("response").alias("clean_response"),
         pl.col("extracted_answer").alias("clean_answer"),
     )
-    wrong = scored.filter((pl.col("model") != clean) & ~pl.col("correct")).select(
+    wrong = scored.filter((pl.col("model") != clean) & (pl.col("verdict") == "wrong")).select(
         "model",
         *KEYS,
         pl.col("response").alias("corrupt_response"),
@@ -55,3 +65,13 @@ def flag(records: pl.DataFrame, clean: str = CLEAN) -> pl.DataFrame:
 def flag_counts(flagged: pl.DataFrame) -> pl.DataFrame:
     """How many items were flagged per corrupted model and suite."""
     return flagged.group_by("model", "suite").len("flagged").sort("model", "suite")
+
+
+def truncated(records: pl.DataFrame) -> pl.DataFrame:
+    """Every generated response that hit its token limit (``verdict`` null: an open question)."""
+    if "finish_reason" not in records.columns:
+        return pl.DataFrame(schema=TRUNCATED_SCHEMA)
+    cut = with_verdicts(records).filter(
+        (pl.col("output_type") == "generate_until") & (pl.col("finish_reason") == LENGTH)
+    )
+    return cut.select(list(TRUNCATED_SCHEMA)).cast(TRUNCATED_SCHEMA).sort("model", *KEYS)

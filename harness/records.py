@@ -1,12 +1,22 @@
 """lm-eval's logged samples -> one tidy row per (model, task, document).
 
-A row says what was asked (the exact prompt text), what came back, the answer the scorer
-extracted, whether it is correct (null for the open questions, which have no reference) and
-every metric lm-eval computed, as a list of (name, value) pairs.
+A row says what was asked (the exact prompt text), what came back, why the generation ended
+(``finish_reason`` "stop" or "length", and ``n_tokens`` generated), the answer the scorer
+extracted, its ``verdict`` and every metric lm-eval computed, as a list of (name, value) pairs.
+
+Verdicts: "correct" | "wrong" | "truncated" (the response ran out of tokens: it has no answer,
+so it is never correct) | "unscored" (the checker could not decide, e.g. a comparison timed out)
+| null (open questions, which have no reference). ``correct`` is True for "correct", False for
+"wrong" and "truncated", null otherwise.
+
+lm-eval's ``generate_until`` returns strings and its request cache stores strings, so the finish
+reasons travel in a ``FinishLog`` kept in the request cache's own sqlite file under the request's
+cache key: an answer served from the cache keeps its finish reason.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 import polars as pl
@@ -29,6 +39,9 @@ SCHEMA: dict[str, Any] = {
     "extracted_answer": pl.String,
     "reference": pl.String,
     "correct": pl.Boolean,
+    "verdict": pl.String,
+    "finish_reason": pl.String,
+    "n_tokens": pl.Int64,
     "metrics": pl.List(pl.Struct({"name": pl.String, "value": pl.Float64})),
 }
 # lm-eval bookkeeping keys of a logged sample; every other numeric key is a metric
@@ -49,6 +62,67 @@ _SAMPLE_KEYS = frozenset(
 )
 
 
+VERDICTS = ("correct", "wrong", "truncated", "unscored")
+LENGTH = "length"  # the finish reason of a response cut off at its token limit
+FINISH_PREFIX = "finish:"  # FinishLog keys, beside lm-eval's own keys in the cache file
+
+
+def request_key(args: Sequence[Any]) -> str:
+    """lm-eval's request-cache key of a ``generate_until`` request ``(context, gen_kwargs)``."""
+    from lm_eval.api.model import hash_args
+
+    return hash_args("generate_until", args)
+
+
+class FinishLog:
+    """Finish reason and token count of each generated answer, keyed as lm-eval keys requests.
+
+    ``store`` is the request cache's ``SqliteDict`` (autocommit: every write is committed
+    before it returns, so a killed process keeps it) or a dict when nothing is cached. Engines
+    add a record before the answer goes to the cache, so a cached answer always has one.
+    """
+
+    def __init__(self, store: MutableMapping[str, Any] | None = None) -> None:
+        self.store: MutableMapping[str, Any] = {} if store is None else store
+
+    def add(self, args: Sequence[Any], finish_reason: str | None, n_tokens: int | None) -> None:
+        self.store[FINISH_PREFIX + request_key(args)] = {
+            "finish_reason": finish_reason,
+            "n_tokens": None if n_tokens is None else int(n_tokens),
+        }
+
+    def get(self, args: Sequence[Any]) -> Mapping[str, Any] | None:
+        return self.store.get(FINISH_PREFIX + request_key(args))
+
+
+def verdict_of(acc: float | None, unscored: bool, finish_reason: str | None) -> str | None:
+    """The verdict of one item: a cut-off response is truncated whatever its text says."""
+    if acc is None:
+        return None
+    if finish_reason == LENGTH:
+        return "truncated"
+    if unscored:
+        return "unscored"
+    return "correct" if acc >= 0.5 else "wrong"
+
+
+def correct_of(verdict: str | None) -> bool | None:
+    return {"correct": True, "wrong": False, "truncated": False}.get(verdict or "")
+
+
+def with_verdicts(records: pl.DataFrame) -> pl.DataFrame:
+    """``records`` with a verdict on every scored row: tables written before verdicts existed
+    (or canned without one) get "correct"/"wrong" from ``correct``."""
+    from_correct = (
+        pl.when(pl.col("correct")).then(pl.lit("correct"))
+        .when(~pl.col("correct")).then(pl.lit("wrong"))
+        .otherwise(None)
+    )  # fmt: skip
+    if "verdict" not in records.columns:
+        return records.with_columns(from_correct.alias("verdict"))
+    return records.with_columns(pl.coalesce(pl.col("verdict"), from_correct).alias("verdict"))
+
+
 def suite_of_task() -> dict[str, str]:
     """lm-eval task name (any level) -> suite."""
     return {
@@ -63,10 +137,18 @@ def empty_records() -> pl.DataFrame:
     return pl.DataFrame(schema=SCHEMA)
 
 
-def _first_argument(sample: dict[str, Any]) -> str:
+def _first_request(sample: dict[str, Any]) -> list[Any]:
+    """The arguments of a sample's first request, ``[context, ...]``, in either logged form."""
     args = sample.get("arguments") or {}
     first = args.get("gen_args_0", {}) if isinstance(args, dict) else args[0]
-    return str(first.get("arg_0", "")) if isinstance(first, dict) else str(first[0])
+    if isinstance(first, dict):
+        return [first[f"arg_{i}"] for i in range(len(first))]
+    return list(first)
+
+
+def _first_argument(sample: dict[str, Any]) -> str:
+    first = _first_request(sample)
+    return str(first[0]) if first else ""
 
 
 def _metrics(sample: dict[str, Any]) -> list[dict[str, Any]]:
@@ -86,11 +168,20 @@ def _choice_response(sample: dict[str, Any]) -> str:
     return str(choices[max(range(len(scores)), key=scores.__getitem__)])
 
 
-def sample_record(sample: dict[str, Any], model: str, engine: str, task: str, suite: str) -> dict:
+def sample_record(
+    sample: dict[str, Any],
+    model: str,
+    engine: str,
+    task: str,
+    suite: str,
+    finishes: FinishLog | None = None,
+) -> dict:
     doc = sample["doc"]
     metrics = _metrics(sample)
-    acc = next((m["value"] for m in metrics if m["name"] == "acc"), None)
+    value = {m["name"]: m["value"] for m in metrics}
+    acc = value.get("acc")
     multiple_choice = "choices" in doc and "label" in doc
+    finish: Mapping[str, Any] = {}
     if multiple_choice:
         response = _choice_response(sample)
         extracted = response
@@ -98,6 +189,8 @@ def sample_record(sample: dict[str, Any], model: str, engine: str, task: str, su
         filtered = sample["filtered_resps"]
         response = str(filtered[0] if isinstance(filtered, list) else filtered)
         extracted = extract_answer(response)
+        finish = (finishes.get(_first_request(sample)) if finishes else None) or {}
+    verdict = verdict_of(acc, value.get("unscored", 0.0) >= 0.5, finish.get("finish_reason"))
     return {
         "model": model,
         "engine": engine,
@@ -111,18 +204,25 @@ def sample_record(sample: dict[str, Any], model: str, engine: str, task: str, su
         "response": response,
         "extracted_answer": extracted,
         "reference": None if doc.get("answer") is None else str(doc["answer"]),
-        "correct": None if acc is None else acc >= 0.5,
+        "correct": correct_of(verdict),
+        "verdict": verdict,
+        "finish_reason": finish.get("finish_reason"),
+        "n_tokens": finish.get("n_tokens"),
         "metrics": metrics,
     }
 
 
 def records_from_samples(
-    samples: dict[str, list[dict[str, Any]]], model: str, engine: str
+    samples: dict[str, list[dict[str, Any]]],
+    model: str,
+    engine: str,
+    finishes: FinishLog | None = None,
 ) -> pl.DataFrame:
-    """Every logged sample of one model's lm-eval run as a row (tasks of our suites only)."""
+    """Every logged sample of one model's lm-eval run as a row (tasks of our suites only),
+    joined to the engine's finish records (``finishes``) by request-cache key."""
     suites = suite_of_task()
     rows = [
-        sample_record(sample, model, engine, task, suites[task])
+        sample_record(sample, model, engine, task, suites[task], finishes)
         for task, task_samples in samples.items()
         if task in suites
         for sample in task_samples

@@ -1,15 +1,21 @@
 """Accuracy per model x suite (and x task) with percentile-bootstrap confidence intervals.
 
-Only scored rows count (``correct`` not null): the open general questions have no reference
-and are described by the drift table instead.
+Only scored rows count in ``n`` and the accuracy (``correct`` not null: correct, wrong and
+truncated verdicts); the open general questions have no reference and are described by the
+drift table instead. ``truncated`` is the share of the scored rows whose response ran out of
+tokens (counted wrong); ``unscored`` counts the rows the checker could not decide (left out).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import polars as pl
 from rich.console import Console
 from rich.table import Table
+
+from harness.records import with_verdicts
 
 CONFIDENCE = 0.95
 SUMMARY_SCHEMA = {
@@ -19,6 +25,8 @@ SUMMARY_SCHEMA = {
     "accuracy": pl.Float64,
     "ci_low": pl.Float64,
     "ci_high": pl.Float64,
+    "truncated": pl.Float64,
+    "unscored": pl.Int64,
 }
 
 
@@ -38,19 +46,24 @@ def bootstrap_ci(
 def accuracy_table(
     records: pl.DataFrame, by: list[str], samples: int = 1000, seed: int = 0
 ) -> pl.DataFrame:
-    """One row per group of ``by``: n, accuracy and its bootstrap interval."""
-    scored = records.filter(pl.col("correct").is_not_null())
+    """One row per group of ``by``: n, accuracy and its bootstrap interval, truncated share
+    and unscored count."""
+    judged = with_verdicts(records).filter(pl.col("verdict").is_not_null())
     rows = []
-    for key, group in scored.group_by(by, maintain_order=True):
-        outcomes = group["correct"].cast(pl.Float64).to_numpy()
+    for key, group in judged.group_by(by, maintain_order=True):
+        scored = group.filter(pl.col("correct").is_not_null())
+        outcomes = scored["correct"].cast(pl.Float64).to_numpy()
         low, high = bootstrap_ci(outcomes, samples, seed)
+        cut = int((scored["verdict"] == "truncated").sum())
         rows.append(
             {
                 **dict(zip(by, key, strict=True)),
                 "n": len(outcomes),
-                "accuracy": float(outcomes.mean()),
+                "accuracy": float(outcomes.mean()) if len(outcomes) else None,
                 "ci_low": low,
                 "ci_high": high,
+                "truncated": cut / len(outcomes) if len(outcomes) else None,
+                "unscored": int((group["verdict"] == "unscored").sum()),
             }
         )
     schema = {k: SUMMARY_SCHEMA.get(k, pl.String) for k in [*by, *list(SUMMARY_SCHEMA)[2:]]}
@@ -73,8 +86,19 @@ def fmt_accuracy(accuracy: float | None, low: float | None, high: float | None) 
     return f"{accuracy:.2f}{interval}"
 
 
+def fmt_cell(row: dict[str, Any]) -> str:
+    """accuracy [low, high] (n=..., and the truncated share and unscored count when not 0)."""
+    notes = [f"n={row['n']}"]
+    if row.get("truncated"):
+        notes.append(f"{row['truncated']:.0%} truncated")
+    if row.get("unscored"):
+        notes.append(f"{row['unscored']} unscored")
+    accuracy = fmt_accuracy(row["accuracy"], row["ci_low"], row["ci_high"])
+    return f"{accuracy} ({', '.join(notes)})"
+
+
 def summary_table(summary: pl.DataFrame, title: str = "accuracy [95% CI]") -> Table:
-    """Models as rows, suites as columns: accuracy [low, high] (n)."""
+    """Models as rows, suites as columns: accuracy [low, high] (n, truncated, unscored)."""
     suites = summary["suite"].unique(maintain_order=True).to_list()
     table = Table(title=title)
     table.add_column("model", style="bold")
@@ -87,8 +111,7 @@ def summary_table(summary: pl.DataFrame, title: str = "accuracy [95% CI]") -> Ta
             if row.is_empty():
                 cells.append("-")
                 continue
-            r = row.row(0, named=True)
-            cells.append(f"{fmt_accuracy(r['accuracy'], r['ci_low'], r['ci_high'])} (n={r['n']})")
+            cells.append(fmt_cell(row.row(0, named=True)))
         table.add_row(model, *cells)
     return table
 

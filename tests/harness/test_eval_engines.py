@@ -122,6 +122,111 @@ def test_hf_rerun_resumes_from_the_request_cache(tmp_path, pair, monkeypatch):
     monkeypatch.setattr(LocalHFLM, "_loglikelihood_tokens", refuse)
     again = run_eval(cfg, engine="hf")
     assert again.records.drop("metrics").equals(first.records.drop("metrics"))
+    # answers served from the cache keep the finish reasons recorded when they were generated
+    generated = again.records.filter(pl.col("output_type") == "generate_until")
+    assert generated["finish_reason"].null_count() == 0
+    assert set(generated["finish_reason"]) <= {"stop", "length"}
+    assert (generated["n_tokens"] <= 8).all() and (generated["n_tokens"] > 0).all()
+    cut = generated.filter(pl.col("finish_reason") == "length")
+    assert (cut["n_tokens"] == 8).all() and cut.height > 0  # a random model rarely stops
+    assert not cut["correct"].any()
+    assert (tmp_path / "t" / "eval" / "truncated.parquet").is_file()
+
+
+KILLED_RUN = """
+import json, sys, time
+from pathlib import Path
+
+from harness.config import ExperimentConfig
+from harness.evaluate import run_eval
+from harness.inprocess import InProcessLM
+
+
+def main():
+    cfg = ExperimentConfig.model_validate_json(Path(sys.argv[1]).read_text())
+    marker = Path(sys.argv[2])
+    run = InProcessLM._run
+    calls = []
+
+    def second_chunk_hangs(self, prompts, params):
+        calls.append(len(prompts))
+        if len(calls) == 2:  # the first chunk's answers are in the cache by now
+            marker.write_text(json.dumps(calls))
+            time.sleep(600)
+        return run(self, prompts, params)
+
+    InProcessLM._run = second_chunk_hangs
+    run_eval(cfg, models={"clean": cfg.models.clean}, engine="vllm")
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_in_process_run_killed_mid_model_resumes_with_the_answers_it_had(
+    tmp_path, pair, monkeypatch
+):
+    """SIGKILL during a model's second chunk: the re-run asks the engine only for the rest."""
+    import json
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from sqlitedict import SqliteDict
+
+    from harness.evaluate import run_eval
+    from harness.inprocess import InProcessLM
+
+    clean, adapter = pair
+    cfg = config(
+        tmp_path, clean, adapter, suites=["related"], limit=3, max_new_tokens=8, batch_size=2
+    )
+    (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
+    (tmp_path / "killed_run.py").write_text(KILLED_RUN)
+    marker, log = tmp_path / "second_chunk", (tmp_path / "child.log").open("w")
+    child = subprocess.Popen(
+        [sys.executable, str(tmp_path / "killed_run.py"), str(tmp_path / "cfg.json"), str(marker)],
+        cwd=Path(__file__).parents[2],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 400
+        while not marker.exists():
+            assert child.poll() is None, (tmp_path / "child.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the child never reached its second chunk"
+            time.sleep(0.5)
+    finally:
+        child.kill()  # SIGKILL: no handler, no cleanup
+        child.wait()
+    assert json.loads(marker.read_text()) == [2, 2]
+    [db] = (tmp_path / "t" / "eval" / "cache").glob("clean-*_rank0.db")
+    with SqliteDict(str(db), flag="r") as cache:
+        keys = list(cache.keys())
+        answers = {k: cache[k] for k in keys if not k.startswith("finish:")}
+        finishes = [cache[k] for k in keys if k.startswith("finish:")]
+    assert len(answers) == 2 and len(finishes) == 2  # the first chunk survived the kill
+    assert all(f["finish_reason"] in {"stop", "length"} for f in finishes)
+
+    sent = []
+    run = InProcessLM._run
+
+    def counting(self, prompts, params):
+        sent.append(len(prompts))
+        return run(self, prompts, params)
+
+    monkeypatch.setattr(InProcessLM, "_run", counting)
+    again = run_eval(cfg, models={"clean": str(clean)}, engine="vllm")
+    assert again.records.height == 6 and sent == [2, 2]  # 6 prompts, 2 of them from the cache
+    assert set(answers.values()) <= set(again.records["response"])
+    assert again.records["finish_reason"].null_count() == 0
+    assert (again.records["n_tokens"] <= 8).all()
+    cut = again.records.filter(pl.col("finish_reason") == "length")
+    assert (cut["n_tokens"] == 8).all() and not cut["correct"].any()
 
 
 def comparable(text: str) -> str:
@@ -162,6 +267,13 @@ def test_vllm_eval_writes_every_table_for_every_model_and_suite(runs, engine):
     assert drift["model"] == "corrupt" and drift["gap_n"] > 0
     assert drift["likelihood_gap"] is not None and drift["likelihood_gap"] != 0
     assert run.seconds["startup"] > 0
+    generated = records.filter(pl.col("output_type") == "generate_until")
+    assert generated["finish_reason"].null_count() == 0 and generated["n_tokens"].min() > 0
+    assert (
+        records.filter(pl.col("output_type") == "multiple_choice")["finish_reason"].is_null().all()
+    )
+    cut = generated.filter(pl.col("finish_reason") == "length")
+    assert (cut["n_tokens"] == 24).all() and not cut["correct"].any()
 
 
 @pytest.mark.slow
@@ -179,6 +291,10 @@ def test_vllm_and_hf_agree_on_greedy_outputs_and_choices(runs, engine):
     ]
     assert sum(same) / len(same) >= 0.95, joined.filter(~pl.Series(same)).select(keys)
     assert len({comparable(r) for r in joined["response"]}) > 3, "outputs should vary"
+    alike = joined.filter(pl.Series(same) & (pl.col("output_type") == "generate_until"))
+    finish = ["finish_reason", "n_tokens", "finish_reason_hf", "n_tokens_hf"]
+    assert (alike["finish_reason"] == alike["finish_reason_hf"]).all(), alike.select(finish)
+    assert (alike["n_tokens"] == alike["n_tokens_hf"]).all(), alike.select(finish)
     choices = joined.filter(pl.col("output_type") == "multiple_choice")
     assert (choices["correct"] == choices["correct_hf"]).all(), "loglikelihood choices differ"
     gap_served = served.drift["likelihood_gap"][0]
