@@ -5,10 +5,12 @@ Through the OpenAI server, every prompt crosses HTTP, JSON and a separate API pr
 of the offline engine's speed). Here lm-eval hands its requests straight to ``vllm.LLM``: one
 ``generate`` call per chunk of ``batch_size`` prompts, token ids in and out, the same greedy
 settings as the server's. Each chunk's answers (and finish reasons) go to lm-eval's request
-cache as soon as the chunk completes (an autocommitted sqlite write), so a run killed mid-model
-resumes with every chunk it had finished. The engines follow the server plan (LoRA modules on
-the clean engine, merged weights on engines of their own); only one engine is alive at a time,
-so memory holds one model.
+cache as soon as the chunk completes, so a run killed mid-model resumes with every chunk it had
+finished: lm-eval opens its cache as ``SqliteDict(autocommit=True)``, whose every write waits
+for its commit (sqlitedict 2.1: ``__setitem__`` -> blocking ``commit``); with sqlite's
+``synchronous=OFF`` that survives a killed process, though not a power cut. The engines follow
+the server plan (LoRA modules on the clean engine, merged weights on engines of their own); only
+one engine is alive at a time, so memory holds one model.
 """
 
 from __future__ import annotations
