@@ -131,6 +131,10 @@ def test_hf_rerun_resumes_from_the_request_cache(tmp_path, pair, monkeypatch):
     assert (cut["n_tokens"] == 8).all() and cut.height > 0  # a random model rarely stops
     assert not cut["correct"].any()
     assert (tmp_path / "t" / "eval" / "truncated.parquet").is_file()
+    # a changed dtype is a different engine: its answers are not the cached ones
+    bf16 = config(tmp_path, clean, adapter, limit=1, max_new_tokens=8, serve={"dtype": "bfloat16"})
+    with pytest.raises(AssertionError, match="not served from the cache"):
+        run_eval(bf16, engine="hf")
 
 
 KILLED_RUN = """
