@@ -6,9 +6,10 @@ file becomes one ``ConfigError`` line naming the file, the key and what was expe
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -199,27 +200,142 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
 
 
 def describe(exc: ValidationError) -> str:
-    """The first validation problem as ``key: what was expected``."""
-    error = exc.errors()[0]
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    """Every validation problem as ``key: what was expected``, joined by "; " (one line).
+
+    The alternatives of a union (``layers: 'all' or a list``) become one problem; an unknown
+    key gets a did-you-mean from the keys at its level, or from every section's dotted keys
+    (``clean_model`` -> ``models.clean``).
+    """
+    items: list[str | tuple[Any, ...]] = []  # a problem, or a union field (in pydantic's order)
+    unions: dict[tuple[Any, ...], list[Any]] = {}
+    for error in exc.errors():
+        field, tagged = _union_field(error)
+        if not tagged:
+            items.append(_problem(error["loc"], error))
+            continue
+        if field not in unions:
+            unions[field] = []
+            items.append(field)
+        unions[field].append(error)
+    text = [i if isinstance(i, str) else _union_problem(i, unions[i]) for i in items]
+    return "; ".join(dict.fromkeys(text))
+
+
+# pydantic names the alternatives of a union in the error's location: "literal['all']", "list[int]"
+_UNION_TAG = re.compile(r"^([a-z_-]+\[.*\]|int|str|float|bool|none|list|dict|tuple)$")
+
+
+def _union_field(error: Any) -> tuple[tuple[Any, ...], bool]:
+    """The field an error is about, and whether it names a union's alternative."""
+    loc = tuple(error["loc"])
+    search = loc[:-1] if error["type"] == "extra_forbidden" else loc
+    for i, part in enumerate(search):
+        if isinstance(part, str) and _UNION_TAG.match(part) and i > 0:
+            return loc[:i], True
+    return loc, False
+
+
+def _union_problem(field: tuple[Any, ...], errors: list[Any]) -> str:
+    """One problem for a union field: the alternative that got furthest into the value (a list
+    with a bad item), else every alternative's expectation ("'all' or a valid list")."""
+    depth = max(len(e["loc"]) for e in errors)
+    if depth > len(field) + 1:
+        deepest = [e for e in errors if len(e["loc"]) == depth]
+        return "; ".join(_problem(field + tuple(e["loc"][len(field) + 1 :]), e) for e in deepest)
+    wanted = [e["msg"].removeprefix("Value error, ") for e in errors]
+    merged = " or ".join(
+        [wanted[0]] + [w.removeprefix("Input should be ").removeprefix("input should be ")
+                       for w in wanted[1:]]
+    )  # fmt: skip
+    return _problem(field, {"type": "union", "msg": merged, "input": errors[0].get("input")})
+
+
+def _problem(loc: Any, error: Any) -> str:
+    key = ".".join(str(part) for part in loc) or "(top level)"
     kind, got = error["type"], error.get("input")
     if kind == "extra_forbidden":
-        known = ", ".join(known_keys(error["loc"][:-1]))
+        hints = suggestions(tuple(loc))
+        if hints:
+            return f"{key}: unknown key (did you mean {' or '.join(hints)}?)"
+        known = ", ".join(known_keys(tuple(loc[:-1])))
         return f"{key}: unknown key (expected one of: {known})"
     if kind == "missing":
         return f"{key}: required key is missing"
     message = error["msg"].removeprefix("Value error, ")
     if kind == "value_error":  # our own validators already say what they got
-        return f"{key}: {message}"
-    return f"{key}: {message[0].lower()}{message[1:]}, got {got!r}"
+        return message if not loc else f"{key}: {message}"
+    shown = repr(got)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return f"{key}: {message[0].lower()}{message[1:]}, got {shown}"
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The config model a field holds (also through ``X | None``), else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def known_keys(loc: tuple[Any, ...]) -> list[str]:
     """The keys allowed at a location of the experiment file."""
     model: type[BaseModel] = ExperimentConfig
     for part in loc:
-        annotation = model.model_fields[str(part)].annotation
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        field = model.model_fields.get(str(part))
+        inner = _model_of(field.annotation) if field is not None else None
+        if inner is None:
             return []
-        model = annotation
+        model = inner
     return list(model.model_fields)
+
+
+def dotted_keys(model: type[BaseModel] = ExperimentConfig, prefix: str = "") -> list[str]:
+    """Every key of the experiment file as a dotted path (``eval.serve.dtype``)."""
+    keys = []
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        keys.append(path)
+        inner = _model_of(field.annotation)
+        if inner is not None:
+            keys += dotted_keys(inner, f"{path}.")
+    return keys
+
+
+def _words(key: str) -> str:
+    """``models.clean`` and ``clean_model`` both -> ``clean model`` (order and plurals aside)."""
+    words = [w[:-1] if len(w) > 3 and w.endswith("s") else w for w in re.split(r"[._\W]+", key)]
+    return " ".join(sorted(w for w in words if w))
+
+
+def _local_score(typed: str, key: str) -> float:
+    """Closeness to a key at the same level, which wins a tie with one of another section;
+    an abbreviation or extension (``evaluation``, ``eval``) counts as close."""
+    short, long = sorted((typed, key), key=len)
+    if len(short) >= 3 and long.startswith(short):
+        return 0.9
+    return difflib.SequenceMatcher(None, typed, key).ratio() + 0.1
+
+
+def suggestions(loc: tuple[Any, ...]) -> list[str]:
+    """Keys an unknown key was probably meant to be, as dotted paths: the closest among the
+    keys at its level and every section's keys (a key put in the wrong section), best first."""
+    parent, leaf = tuple(str(p) for p in loc[:-1]), str(loc[-1])
+    prefix = "".join(f"{p}." for p in parent)
+    scored = {prefix + key: _local_score(leaf, key) for key in known_keys(parent)}
+    scored = {key: score for key, score in scored.items() if score >= 0.7}
+    for path in dotted_keys():
+        last = path.rsplit(".", 1)[-1]
+        score = max(
+            difflib.SequenceMatcher(None, leaf, last).ratio(),
+            difflib.SequenceMatcher(None, _words(leaf), _words(path)).ratio(),
+        )
+        if score >= 0.8 and score > scored.get(path, 0):
+            scored[path] = score
+    if not scored:
+        return []
+    best = max(scored.values())
+    close = sorted((-score, key) for key, score in scored.items() if score >= best - 0.05)
+    return [key for _, key in close[:3]]

@@ -53,10 +53,50 @@ def test_malformed_yaml(tmp_path):
     assert message.startswith("malformed YAML at line")
 
 
-def test_unknown_key_names_key_and_alternatives(tmp_path):
+def test_unknown_key_suggests_the_close_key(tmp_path):
     message = error_for(tmp_path, VALID.replace("limit: 5", "limt: 5"))
-    assert message.startswith("eval.limt: unknown key (expected one of: engine, suites")
+    assert message == "eval.limt: unknown key (did you mean eval.limit?)"
+
+
+def test_unknown_key_without_a_close_one_lists_the_alternatives(tmp_path):
+    message = error_for(tmp_path, VALID.replace("limit: 5", "zzz: 5"))
+    assert message.startswith("eval.zzz: unknown key (expected one of: engine, suites")
     assert "limit" in message
+
+
+def test_a_top_level_typo_is_matched_against_every_section(tmp_path):
+    """A key put at the top level that lives in a section: the dotted path is suggested."""
+    text = VALID.replace("models: {clean: zoo:clean, corrupt: zoo:corrupt}\n", "")
+    text += "clean_model: zoo:clean\nsystem_prompt: hi\nmax_new_tokens: 5\n"
+    message = error_for(tmp_path, text)
+    assert "clean_model: unknown key (did you mean models.clean?)" in message
+    assert "system_prompt: unknown key (did you mean prompt.system_prompt?)" in message
+    assert (
+        "max_new_tokens: unknown key (did you mean eval.max_new_tokens or "
+        "patch.max_new_tokens?)" in message
+    )
+
+
+def test_every_problem_is_named_in_one_line(tmp_path):
+    text = "clean_model: zoo:clean\neval: {limit: many, suites: [related, maths]}\n"
+    message = error_for(tmp_path, text)
+    problems = message.split("; ")
+    assert problems == [
+        "name: required key is missing",
+        "models: required key is missing",
+        "eval.suites.1: input should be 'related', 'unrelated_math' or 'general', got 'maths'",
+        "eval.limit: input should be a valid integer, unable to parse string as an integer, "
+        "got 'many'",
+        "clean_model: unknown key (did you mean models.clean?)",
+    ]
+
+
+def test_a_union_is_one_problem(tmp_path):
+    """pydantic reports each alternative of ``'all' | list[int]``; the user sees one line."""
+    message = error_for(tmp_path, VALID.replace("layers: [0, 2]", "layers: some"))
+    assert message == "patch.layers: input should be 'all' or a valid list, got 'some'"
+    message = error_for(tmp_path, VALID.replace("layers: [0, 2]", "layers: [0, x]"))
+    assert message.startswith("patch.layers.1: input should be a valid integer")
 
 
 def test_wrong_type(tmp_path):
