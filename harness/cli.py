@@ -39,23 +39,43 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a config key, e.g. --set eval.limit=5 (repeatable)."),
 ]
+VerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        "-v",
+        help="Also show the libraries' logs and progress bars (vLLM, lm-eval, transformers) "
+        "on the terminal; they always go to the run's log.txt.",
+    ),
+]
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Before vLLM, lm-eval or transformers are imported: their progress bars stay off unless
+    ``--verbose`` (they read these variables once, at import)."""
+    from harness.pipeline.runner import quiet_environment
+
+    quiet_environment(verbose)
 
 
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Parent directory of the run.")] = Path("results"),
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run the whole pipeline offline on the embedded tiny models.
 
     Builds the tiny model zoo (cached), fine-tunes the corrupted model, evaluates both with vLLM
-    on the three suites, patches flagged prompts and writes a report.
+    on the three suites, patches flagged prompts and writes a report. One line per stage on the
+    terminal; the details in `results/demo/log.txt`.
 
     Example: `harness demo --out results`
     """
+    quiet_libraries(verbose)
     from harness.demo import run_demo
     from harness.pipeline.console import headline
 
-    finished = run_demo(out)
+    finished = run_demo(out, verbose=verbose)
     Console().print(headline(finished))
     typer.echo(f"report: {finished.report.resolve()}")
 
@@ -83,19 +103,26 @@ def run(
             help="Documents per task when evaluating saved fine-tuning checkpoints; 0: skip."
         ),
     ] = 20,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run an experiment end to end: fine-tune, serve, evaluate, flag, patch, report.
 
     Every stage writes under `results/<name>/` and is skipped when its outputs are complete;
-    a run killed in the middle resumes where it stopped.
+    a run killed in the middle resumes where it stopped. Flags and config values (sites,
+    layers and heads against the model's config.json) are checked before anything loads. The
+    terminal shows one line per stage; the details go to `results/<name>/log.txt`.
 
     Examples: `harness run configs/demo.yaml`,
     `harness run configs/paper-v11.yaml --set eval.limit=50 --dry-run`,
     `harness run configs/demo.yaml --force patch`
     """
+    quiet_libraries(verbose)
     from harness.config import load_config
+    from harness.pipeline.stages import STAGES
+    from harness.preflight import check_experiment
 
     cfg = load_config(config, overrides)
+    check_experiment(cfg, force=force or (), until=until, stages=STAGES)
     if dry_run:
         import yaml
 
@@ -104,7 +131,9 @@ def run(
     from harness.pipeline import run_pipeline
     from harness.pipeline.console import headline
 
-    finished = run_pipeline(cfg, force, until=until, progression_limit=progression_limit)
+    finished = run_pipeline(
+        cfg, force, until=until, progression_limit=progression_limit, verbose=verbose
+    )
     if until in (None, "report"):
         Console().print(headline(finished))
         typer.echo(f"report: {finished.report.resolve()}")
@@ -296,18 +325,24 @@ def patch(
     --prompt "Solve for x: 2x + 3 = 7" --layers all --out results/p1`
     """
     from harness.models import resolve
-    from harness.patch import parse_indices, read_prompts, run_patch
+    from harness.patch import read_prompts, run_patch
+    from harness.preflight import check_patch_flags
     from tasks.prompt_format import PromptFormat
 
+    clean_ref, corrupt_ref = resolve(clean), resolve(corrupt)
+    layer_list, head_list = check_patch_flags(
+        clean=clean_ref, site=site, layers=layers, heads=heads, mode=mode, dtype=dtype,
+        device=device,
+    )  # fmt: skip
     questions = read_prompts(prompt, prompts)
     outputs = run_patch(
-        resolve(clean),
-        resolve(corrupt),
+        clean_ref,
+        corrupt_ref,
         questions,
         out,
         site=site,
-        layers=parse_indices(layers, "layers"),
-        heads=parse_indices(heads, "heads") if site == "head" else None,
+        layers=layer_list,
+        heads=head_list if site == "head" else None,
         max_new_tokens=max_new_tokens,
         dtype=dtype,
         device=device,

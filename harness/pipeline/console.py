@@ -1,15 +1,195 @@
-"""What a finished run prints: the Table 2 figures from its summary.json."""
+"""What a run shows on the terminal: one line per stage while it runs, the headline at the end.
+
+Everything else (the libraries' logs, the stages' own messages) goes to ``<run>/log.txt``; see
+``harness.pipeline.runner.run_logging``. ``StageBoard`` draws the stage lines: live (updated in
+place) on a terminal, one line per finished stage anywhere else (a pipe, a CI log, a test).
+"""
 
 from __future__ import annotations
 
-from rich.table import Table
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from harness.pipeline.stages import PipelineRun
-from harness.report.tables import SUITE_ORDER
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from harness.pipeline.stages import PipelineRun
+
+SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+MARKS = {
+    "done": ("✓", "green"),
+    "skipped": ("·", "cyan"),
+    "not_applicable": ("-", "dim"),
+    "error": ("✗", "bold red"),
+}
+WORDS = {"done": "done", "skipped": "complete, kept", "not_applicable": "not applicable"}
+NAME_WIDTH = 12
+INFO_WIDTH = 70
+
+
+def clock(seconds: float) -> str:
+    """``0:07``, ``12:30``, ``1:02:03``."""
+    seconds = max(int(seconds), 0)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def shorten(text: str, width: int = INFO_WIDTH) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@dataclass
+class StageLine:
+    """The state behind one stage's line; ``done``/``total`` only where the stage reports them."""
+
+    name: str
+    state: str = "running"
+    started: float = field(default_factory=time.monotonic)
+    seconds: float | None = None
+    done: float | None = None
+    total: float | None = None
+    info: str = ""
+    # where the rate is measured from: a resumed stage starts at its checkpoint, not at 0
+    rate_from: tuple[float, float] | None = None
+
+    def elapsed(self) -> float:
+        return self.seconds if self.seconds is not None else time.monotonic() - self.started
+
+    def eta(self) -> float | None:
+        """Linear from the progress reported so far; None until there is a rate."""
+        if self.total is None or self.done is None or self.rate_from is None:
+            return None
+        done_then, at = self.rate_from
+        spent, progressed = time.monotonic() - at, self.done - done_then
+        if progressed <= 0 or spent <= 0:
+            return None
+        return max(self.total - self.done, 0) * spent / progressed
+
+    def text(self) -> Text:
+        line = Text()
+        if self.state == "running":
+            line.append(SPINNER[int(time.monotonic() * 8) % len(SPINNER)], "yellow")
+        else:
+            mark, style = MARKS.get(self.state, ("?", ""))
+            line.append(mark, style)
+        line.append(f" {self.name:<{NAME_WIDTH}}", "bold")
+        if self.state == "running":
+            if self.done is not None:
+                count = f"{self.done:g}/{self.total:g}" if self.total else f"{self.done:g}"
+                line.append(f" {count}")
+            line.append(f"  {clock(self.elapsed())}")
+            eta = self.eta()
+            if eta is not None:
+                line.append(f"  ETA {clock(eta)}")
+        elif self.state == "error":
+            line.append(f" failed after {clock(self.elapsed())}", "red")
+        else:
+            line.append(f" {WORDS.get(self.state, self.state)}")
+            if self.state == "done":
+                line.append(f" in {clock(self.elapsed())}")
+        if self.info:
+            line.append(f"  {shorten(self.info)}", "dim")
+        return line
+
+
+class StageBoard:
+    """The stage lines of a run on ``console`` (the terminal the run started on).
+
+    ``live`` None: live where the console is an interactive terminal. Thread-safe: stage code
+    may report progress from a worker thread.
+    """
+
+    def __init__(self, console: Console, live: bool | None = None) -> None:
+        self.console = console
+        if live is None:
+            live = console.is_terminal and not console.is_dumb_terminal
+        self.lines: dict[str, StageLine] = {}
+        self.current: str | None = None
+        self._lock = threading.Lock()
+        self._live = Live(
+            self,
+            console=console,
+            refresh_per_second=4,
+            transient=False,
+            redirect_stdout=False,  # the run's output is redirected to log.txt, not here
+            redirect_stderr=False,
+        ) if live else None  # fmt: skip
+
+    def __rich__(self) -> Group:
+        with self._lock:
+            return Group(*(line.text() for line in self.lines.values()))
+
+    def __enter__(self) -> StageBoard:
+        if self._live is not None:
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.stop()
+
+    def start(self, name: str, info: str = "") -> None:
+        with self._lock:
+            self.lines[name] = StageLine(name, info=info)
+            self.current = name
+        self._refresh()
+
+    def update(
+        self,
+        done: float | None = None,
+        total: float | None = None,
+        info: str | None = None,
+        advance: float | None = None,
+    ) -> None:
+        """Progress of the running stage (ignored when none runs)."""
+        with self._lock:
+            line = self.lines.get(self.current or "")
+            if line is None or line.state != "running":
+                return
+            if total is not None:
+                line.total = total
+            if advance is not None:
+                done = (line.done or 0) + advance
+            if done is not None:
+                line.done = done
+                if line.rate_from is None:
+                    line.rate_from = (done, time.monotonic())
+            if info is not None:
+                line.info = info
+        self._refresh()
+
+    def finish(self, name: str, state: str, seconds: float | None = None, info: str = "") -> None:
+        """A stage's last line: done, skipped, not_applicable or error."""
+        with self._lock:
+            line = self.lines.setdefault(name, StageLine(name))
+            line.state, line.info = state, info
+            line.seconds = seconds if seconds is not None else line.elapsed()
+            if self.current == name:
+                self.current = None
+        if self._live is None:
+            self.console.print(line.text(), soft_wrap=True, highlight=False)
+        self._refresh()
+
+    def note(self, text: str, style: str = "yellow") -> None:
+        """A line of its own, above the stage lines (something the reader must not miss)."""
+        self.console.print(Text(text, style), soft_wrap=True, highlight=False)
+
+    def _refresh(self) -> None:
+        if self._live is not None:
+            self._live.refresh()
 
 
 def headline(run: PipelineRun) -> Table:
     """The Table 2 figures of a finished run, for the terminal."""
+    from harness.report.tables import SUITE_ORDER
+
     summary = run.summary
     accuracy = summary.get("accuracy", {})
     present = {s for by_suite in accuracy.values() for s in by_suite}

@@ -8,12 +8,20 @@
 
 ``<run>/config.yaml`` holds the resolved config; ``run.json``, ``stages/`` and ``log.txt`` are
 kept by the runner (``harness.pipeline.runner``).
+
+Each stage names the code its outputs depend on (``*_CODE``, hashed by
+``runner.code_version``), so a change there redoes it: the evaluation follows the scorer, the
+task files and the evaluation/flagging modules; the patch stage the patcher and the scorer; the
+report its package. Fine-tuning follows only the project's version: redoing hours of training
+for a refactor would cost more than it protects (``--force finetune`` redoes it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +29,36 @@ import yaml
 
 from harness.config import ExperimentConfig
 from harness.errors import HarnessError
-from harness.pipeline.runner import Stage, StageResult, atomic_write_text, log, run_logging
+from harness.pipeline.runner import (
+    Stage,
+    StageResult,
+    atomic_write_text,
+    board,
+    log,
+    progress,
+    run_logging,
+)
 from harness.pipeline.runner import run_stages as run_all
 
 STAGES = ("finetune", "eval", "progression", "patch", "report")
 PROGRESSION_LIMIT = 20
+# The code each stage's outputs come from (modules, packages, files under the project root).
+EVAL_CODE = (
+    "harness.evaluate",
+    "harness.inprocess",
+    "harness.lm_models",
+    "harness.records",
+    "harness.flag",
+    "harness.summary",
+    "harness.drift",
+    "harness.judge",
+    "tasks.scoring",
+    "tasks.evals.utils",
+    "tasks/evals/*.yaml",
+    "tasks/evals/*.jsonl",
+)
+PATCH_CODE = ("harness.pipeline.patching", "harness.patch", "patchers", "tasks.scoring")
+REPORT_CODE = ("harness.report",)
 
 
 @dataclass
@@ -56,6 +89,49 @@ def checkpoints(cfg: ExperimentConfig) -> list[Path]:
     return sorted(path.parent for path in found)
 
 
+class _TrainingBar:
+    """Stands in for fine-tuning's own rich progress bar during a run: its steps become the
+    stage line's done/total and its loss the line's news (a terminal has room for one live
+    display, and its evaluation lines belong in log.txt)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.console = self
+
+    def __enter__(self) -> _TrainingBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, description: str, total: float | None = None, completed: float = 0,
+                 **fields: object) -> int:  # fmt: skip
+        progress(done=completed, total=total)
+        return 0
+
+    def update(self, task: int, advance: float | None = None, completed: float | None = None,
+               info: str | None = None, **fields: object) -> None:  # fmt: skip
+        progress(done=completed, advance=advance, info=info)
+
+    def print(self, *objects: object, **kwargs: object) -> None:
+        log.info("%s", " ".join(str(o) for o in objects))
+
+
+@contextlib.contextmanager
+def training_progress() -> Iterator[None]:
+    """Fine-tuning's progress bar on the run's board (only while a run's board is shown)."""
+    from finetune import train
+
+    if not hasattr(board(), "lines"):  # outside a run: keep fine-tuning's own bar
+        yield
+        return
+    original = train.progress_bar
+    train.progress_bar = _TrainingBar  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        train.progress_bar = original
+
+
 def finetune_stage(cfg: ExperimentConfig) -> Stage:
     from finetune.outputs import completed_run
 
@@ -70,13 +146,14 @@ def finetune_stage(cfg: ExperimentConfig) -> Stage:
         if resume:
             log.info("finetune: resuming from %s", resume)
             settings = settings.model_copy(update={"resume_from": str(resume)})
-        result = finetune_from_config(
-            settings,
-            resolve(cfg.models.clean),
-            cfg.prompt,
-            out,
-            trust_remote_code=cfg.models.trust_remote_code,
-        )
+        with training_progress():
+            result = finetune_from_config(
+                settings,
+                resolve(cfg.models.clean),
+                cfg.prompt,
+                out,
+                trust_remote_code=cfg.models.trust_remote_code,
+            )
         if completed_run(out) is None:
             raise HarnessError(f"{out}: fine-tuning ended without its finetune.json")
         return {
@@ -98,6 +175,10 @@ def finetune_stage(cfg: ExperimentConfig) -> Stage:
         clean=lambda forced: shutil.rmtree(out, ignore_errors=True),
         applies=cfg.finetune.enabled,
         why_not="models.corrupt is given",
+        describe=lambda info: (
+            f"{info['steps']} steps, train loss {info['train_loss']:.3f}, "
+            f"eval loss {info['eval_loss']:.3f}"
+        ),
     )
 
 
@@ -134,6 +215,8 @@ def eval_stage(cfg: ExperimentConfig) -> Stage:
         run=run,
         clean=clean,
         after=("finetune",),
+        code=EVAL_CODE,
+        describe=lambda info: f"{info['flagged']} flagged",
     )
 
 
@@ -166,6 +249,8 @@ def progression_stage(cfg: ExperimentConfig, limit: int) -> Stage:
         after=("finetune",),
         applies=lambda: cfg.finetune.enabled and limit > 0 and bool(checkpoints(cfg)),
         why_not="no saved checkpoints to evaluate (finetune.save_every sets them)",
+        code=EVAL_CODE,
+        describe=lambda info: f"{len(info['models'])} models, {info['limit']} items per task",
     )
 
 
@@ -173,13 +258,17 @@ def patch_stage(cfg: ExperimentConfig) -> Stage:
     out = cfg.run_dir / "patch"
 
     def run(start: str) -> dict:
+        from harness.errors import ConfigError
         from harness.models import resolve
         from harness.pipeline.patching import run_patch_stage
+        from harness.preflight import patch_problems
 
+        clean = resolve(cfg.models.clean)
+        problems = patch_problems(cfg, clean)  # before the pair loads
+        if problems:
+            raise ConfigError("; ".join(problems))
         say = lambda text: log.info("patch: %s", text)  # noqa: E731
-        return run_patch_stage(
-            cfg, resolve(cfg.models.clean), _corrupt_ref(cfg), cfg.run_dir / "eval", out, say=say
-        )
+        return run_patch_stage(cfg, clean, _corrupt_ref(cfg), cfg.run_dir / "eval", out, say=say)
 
     return Stage(
         "patch",
@@ -192,6 +281,11 @@ def patch_stage(cfg: ExperimentConfig) -> Stage:
         after=("finetune", "eval"),
         applies=cfg.patch.enabled,
         why_not="patch.enabled is false",
+        code=PATCH_CODE,
+        describe=lambda info: (
+            f"{info['prompts']} prompts ({info['flagged']} flagged), "
+            f"{info['trajectories']} trajectories"
+        ),
     )
 
 
@@ -207,6 +301,8 @@ def report_stage(cfg: ExperimentConfig) -> Stage:
         settings={"version": 1},
         run=run,
         after=("finetune", "eval", "progression", "patch"),
+        code=REPORT_CODE,
+        describe=lambda info: f"{len(info['figures'])} figures",
     )
 
 
@@ -222,25 +318,29 @@ def run_pipeline(
     force: list[str] | None = None,
     until: str | None = None,
     progression_limit: int = PROGRESSION_LIMIT,
+    verbose: bool = False,
 ) -> PipelineRun:
     """Run (or resume) the stages of an experiment, all of them or up to ``until``.
 
     ``force`` names stages to redo even if complete (the stages after them follow, since their
     inputs change). ``progression_limit`` caps the documents per task of the checkpoint
-    evaluation (0 turns it off).
+    evaluation (0 turns it off). Everything that can be checked without weights is checked
+    first (``harness.preflight``). The terminal shows one line per stage; the details go to
+    ``<run>/log.txt`` (``verbose``: to the terminal too).
     """
     from harness.evaluate import git_commit
+    from harness.preflight import check_experiment
 
+    check_experiment(cfg, force=force or (), until=until, stages=STAGES)
     started = time.perf_counter()
     run_dir = cfg.run_dir
-    with run_logging(run_dir):
+    with run_logging(run_dir, verbose=verbose) as display:
         log.info("run %s -> %s", cfg.name, run_dir)
+        display.note(f"run {cfg.name}: {run_dir} (details in {run_dir / 'log.txt'})", "dim")
         write_config(cfg)
         stages = [finetune_stage(cfg), eval_stage(cfg)]
         stages += [progression_stage(cfg, progression_limit), patch_stage(cfg), report_stage(cfg)]
         if until is not None:
-            if until not in STAGES:
-                raise HarnessError(f"--until {until!r}: unknown stage; known: {', '.join(STAGES)}")
             stages = stages[: STAGES.index(until) + 1]
         spec = {"name": cfg.name, "config": "config.yaml", "commit": git_commit()}
         results = run_all(stages, run_dir, set(force or ()), spec)

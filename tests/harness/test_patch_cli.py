@@ -86,8 +86,8 @@ def test_refuses_to_overwrite_a_foreign_directory(tmp_path, tiny_model_dir, corr
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--site", "resid_mid"], "error: unknown site 'resid_mid'; known: resid_pre"),
-        (["--layers", "7"], "error: layer 7 out of range; the model has layers 0..3"),
+        (["--site", "resid_mid"], "error: --site 'resid_mid': unknown site (known: resid_pre"),
+        (["--layers", "7"], "error: --layers: 7 out of range: the model has 4 layers (0-3"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, tiny_model_dir, corrupt_dir, args, message):

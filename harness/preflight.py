@@ -1,0 +1,246 @@
+"""Checks that need no weights, done before any model loads.
+
+A layer the model does not have, a head on a site without heads or a misspelt mode should fail
+in a second, not after minutes of loading (or hours of fine-tuning). Layer and head ranges come
+from the clean model's ``config.json`` (read as JSON: no weights, no transformers import); every
+problem found is named in one ``ConfigError`` (exit code 2).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.config import SITES, ExperimentConfig
+from harness.errors import ConfigError
+
+MODES = ("transient", "persistent")
+DTYPES = ("float32", "bfloat16")
+DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+# config.json keys across families (GPT-2 and GPT-J spell them their own way)
+LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+HEAD_KEYS = ("num_attention_heads", "n_head", "num_heads")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a model's config.json says about where it can be patched."""
+
+    layers: int
+    heads: int | None
+    model_type: str | None
+    source: Path
+
+
+def _first(config: dict[str, Any], keys: Sequence[str]) -> int | None:
+    for key in keys:
+        if isinstance(config.get(key), int):
+            return config[key]
+    return None
+
+
+def model_shape(ref: str, _depth: int = 0) -> ModelShape | None:
+    """Layers and heads from a model directory's config.json (an adapter: its base's).
+
+    None when no config can be read without a download (a hub id not in the local cache): the
+    loader then reports what it finds.
+    """
+    path = Path(ref).expanduser()
+    if not path.is_dir():
+        path = _cached_hub_dir(ref)
+        if path is None:
+            return None
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        adapter = path / "adapter_config.json"
+        if _depth == 0 and adapter.is_file():
+            try:
+                base = json.loads(adapter.read_text()).get("base_model_name_or_path")
+            except (OSError, ValueError):
+                return None
+            return model_shape(base, 1) if isinstance(base, str) else None
+        return None
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return None
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else None
+    config = {**config, **(text or {})}  # multimodal models keep the decoder's numbers here
+    layers = _first(config, LAYER_KEYS)
+    if layers is None:
+        return None
+    return ModelShape(layers, _first(config, HEAD_KEYS), config.get("model_type"), config_file)
+
+
+def _cached_hub_dir(ref: str) -> Path | None:
+    """The local snapshot of a hub id, if the Hugging Face cache has its config.json."""
+    if "/" not in ref or ref.startswith((".", "/", "~")):
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(ref, "config.json")
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def parse_index_list(text: str | None, flag: str, problems: list[str]) -> list[int] | None:
+    """``"all"``/None -> None; ``"0,3"`` -> [0, 3]; a malformed list adds to ``problems``."""
+    if text is None or text.strip().lower() == "all":
+        return None
+    values, bad = [], []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            values.append(int(part))
+        except ValueError:
+            bad.append(part)
+    if bad:
+        problems.append(f"{flag}: expected 'all' or comma-separated integers, got {text!r}")
+    elif not values:
+        problems.append(f"{flag}: no indices given")
+    elif any(v < 0 for v in values):
+        problems.append(f"{flag}: indices must be non-negative, got {text!r}")
+    return values
+
+
+def range_problems(
+    shape: ModelShape | None,
+    layers: Sequence[int] | None,
+    heads: Sequence[int] | None,
+    *,
+    layers_key: str,
+    heads_key: str,
+) -> list[str]:
+    """Layers and heads the model does not have (nothing to say without its config)."""
+    if shape is None:
+        return []
+    problems = []
+    outside = sorted({layer for layer in layers or () if layer >= shape.layers})
+    if outside:
+        problems.append(
+            f"{layers_key}: {_listed(outside)} out of range: the model has {shape.layers} "
+            f"layers (0-{shape.layers - 1}, {shape.source})"
+        )
+    if shape.heads is not None:
+        outside = sorted({head for head in heads or () if head >= shape.heads})
+        if outside:
+            problems.append(
+                f"{heads_key}: {_listed(outside)} out of range: the model has {shape.heads} "
+                f"attention heads per layer (0-{shape.heads - 1})"
+            )
+    return problems
+
+
+def family_problem(shape: ModelShape | None, key: str) -> list[str]:
+    """A model family whose layers the patcher does not know."""
+    from patchers.sites import FAMILIES
+
+    if shape is None or shape.model_type is None or shape.model_type in FAMILIES:
+        return []
+    return [
+        f"{key}: the patcher does not support model_type {shape.model_type!r} "
+        f"(supported: {', '.join(FAMILIES)})"
+    ]
+
+
+def _listed(values: list[int]) -> str:
+    return ", ".join(map(str, values))
+
+
+def check_patch_flags(
+    *,
+    clean: str,
+    site: str,
+    layers: str,
+    heads: str | None,
+    mode: str,
+    dtype: str,
+    device: str,
+) -> tuple[list[int] | None, list[int] | None]:
+    """``harness patch``'s options, all checked before the pair loads; returns the parsed
+    layers and heads. Raises one ``ConfigError`` naming every problem."""
+    problems: list[str] = []
+    if site not in SITES:
+        problems.append(f"--site {site!r}: unknown site (known: {', '.join(SITES)})")
+    if mode not in MODES:
+        problems.append(f"--mode {mode!r}: unknown mode (known: {', '.join(MODES)})")
+    if dtype not in DTYPES:
+        problems.append(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    if not DEVICE.match(device):
+        problems.append(f"--device {device!r}: expected cpu, cuda or cuda:N")
+    layer_list = parse_index_list(layers, "--layers", problems)
+    head_list = parse_index_list(heads, "--heads", problems)
+    if heads is not None and site in SITES and site != "head":
+        problems.append(f"--heads: only for --site head, not {site!r}")
+    shape = _shape_of(clean)
+    problems += family_problem(shape, "--clean")
+    problems += range_problems(
+        shape, layer_list, head_list, layers_key="--layers", heads_key="--heads"
+    )
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return layer_list, head_list
+
+
+def check_experiment(
+    cfg: ExperimentConfig,
+    *,
+    force: Sequence[str] = (),
+    until: str | None = None,
+    stages: Sequence[str] = (),
+) -> None:
+    """What ``harness run`` checks before it writes or loads anything: ``--force`` and
+    ``--until`` against the stage names, the patch section against the clean model's
+    config.json. Raises one ``ConfigError`` naming every problem."""
+    problems = []
+    unknown = sorted(set(force) - set(stages))
+    if unknown:
+        problems.append(f"--force {', '.join(unknown)}: unknown stage (known: {', '.join(stages)})")
+    if until is not None and until not in stages:
+        problems.append(f"--until {until!r}: unknown stage; known: {', '.join(stages)}")
+    problems += patch_problems(cfg)
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def patch_problems(cfg: ExperimentConfig, clean: str | None = None) -> list[str]:
+    """The patch section against the clean model (``clean``: its resolved path; default:
+    the config's, resolved). Nothing when patching is off."""
+    patch = cfg.patch
+    if not patch.enabled:
+        return []
+    problems = []
+    if patch.heads is not None and "head" not in patch.sites:
+        problems.append(
+            f"patch.heads: set, but patch.sites ({', '.join(patch.sites)}) has no 'head' "
+            "site, the only one with heads"
+        )
+    shape = _shape_of(clean or cfg.models.clean)
+    problems += family_problem(shape, "models.clean")
+    layers = None if patch.layers == "all" else patch.layers
+    heads = None if patch.heads in (None, "all") else patch.heads
+    problems += range_problems(
+        shape, layers, heads, layers_key="patch.layers", heads_key="patch.heads"
+    )
+    return problems
+
+
+def _shape_of(ref: str) -> ModelShape | None:
+    """The shape of a model reference; an unbuilt ``zoo:`` model has none yet."""
+    from harness.config import ZOO_PREFIX
+
+    if ref.startswith(ZOO_PREFIX):
+        from harness.zoo import load_built, zoo_dir
+
+        built = load_built(zoo_dir())
+        name = ref.removeprefix(ZOO_PREFIX)
+        if built is None or not hasattr(built, name):
+            return None
+        ref = str(getattr(built, name))
+    return model_shape(ref)
