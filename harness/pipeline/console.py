@@ -123,8 +123,14 @@ class StageBoard:
         ) if live else None  # fmt: skip
 
     def __rich__(self) -> Group:
+        """The live lines, each cut to the terminal's width: a wrapped line would break the
+        in-place redraw."""
         with self._lock:
-            return Group(*(line.text() for line in self.lines.values()))
+            texts = [line.text() for line in self.lines.values()]
+        for text in texts:
+            text.no_wrap, text.overflow = True, "ellipsis"
+            text.truncate(self.console.width, overflow="ellipsis")
+        return Group(*texts)
 
     def __enter__(self) -> StageBoard:
         if self._live is not None:

@@ -113,7 +113,8 @@ class _TrainingBar:
         progress(done=completed, advance=advance, info=info)
 
     def print(self, *objects: object, **kwargs: object) -> None:
-        log.info("%s", " ".join(str(o) for o in objects))
+        stage = getattr(board(), "current", None) or "finetune"
+        log.info("%s: %s", stage, " ".join(str(o) for o in objects))
 
 
 @contextlib.contextmanager

@@ -381,3 +381,32 @@ def test_an_adapter_is_measured_by_its_base(tmp_path, tiny_model_dir):
     shape = model_shape(str(adapter))
     assert shape is not None and (shape.layers, shape.heads) == (4, 2)
     assert model_shape(str(tmp_path / "nothing")) is None
+
+
+def test_the_demo_builds_the_zoo_on_a_line_of_its_own(tmp_path, monkeypatch, capfd):
+    """The zoo build's messages and noise go to the demo run's log.txt; the terminal gets a
+    'zoo' line, and the pipeline runs on the same board (nested run_logging)."""
+    from harness import demo
+    from harness.pipeline import PipelineRun
+
+    def build_zoo(log=print, **kwargs):
+        log("training the clean model")
+        print("a library print")
+        runner.progress(done=1, total=2)
+
+    def run_pipeline(cfg, verbose=False):
+        assert runner._ACTIVE, "the pipeline runs inside the demo's run_logging"
+        with run_logging(cfg.run_dir):  # nested: the same board and log
+            runner.log.info("eval: pipeline message")
+        return PipelineRun(cfg.run_dir, [], cfg.run_dir / "report.html", {}, 0.0)
+
+    monkeypatch.setattr("harness.zoo.build_zoo", build_zoo)
+    monkeypatch.setattr("harness.zoo.load_built", lambda root: None)
+    monkeypatch.setattr(demo, "run_pipeline", run_pipeline)
+    demo.run_demo(tmp_path)
+    out, err = capfd.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith("✓ zoo") and "built" in err
+    log = (tmp_path / "demo" / "log.txt").read_text()
+    for text in ("zoo: training the clean model", "a library print", "eval: pipeline message"):
+        assert text in log, text
