@@ -101,16 +101,41 @@ class PatchConfig(Strict):
     """Cross-model activation patching of the flagged prompts."""
 
     enabled: bool = True
-    max_prompts_per_suite: int = Field(4, ge=0)
+    max_prompts_per_suite: int | None = Field(
+        None, ge=0, description="Flagged items per suite to patch; null: every flagged item."
+    )
+    max_controls_per_suite: int = Field(
+        50,
+        ge=0,
+        description="Control items (both models right) per suite: as many as the most flagged "
+        "suite has flagged items, at most this many.",
+    )
     layers: Literal["all"] | list[int] = "all"
     sites: list[Literal["resid_pre", "resid_post", "attn_out", "mlp_out", "head"]] = Field(
         default_factory=lambda: ["resid_post"]
     )
     heads: Literal["all"] | list[int] | None = None
     mode: Literal["transient", "persistent"] = "transient"
-    max_new_tokens: int = Field(256, gt=0)
+    max_new_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="Token limit of a patched generation; null: the evaluation's "
+        "eval.max_new_tokens, so a patched answer gets the room its clean answer had.",
+    )
     dtype: Literal["float32", "bfloat16"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    identity_check: bool = Field(
+        True,
+        description="Also patch clean into clean (one layer per site) and check that it leaves "
+        "the clean generation; costs about one more patched layer per site.",
+    )
+    check_prompts: int | None = Field(
+        64,
+        gt=0,
+        description="Patched items (evenly spread) whose last-layer generation is compared with "
+        "the corrupted model's own greedy generation, the one check with extra forward "
+        "passes; null: every item. The other checks see every item.",
+    )
 
     @field_validator("layers")
     @classmethod
@@ -118,6 +143,10 @@ class PatchConfig(Strict):
         if isinstance(value, list) and any(layer < 0 for layer in value):
             raise ValueError("layers must be 'all' or non-negative layer indices")
         return value
+
+    def token_limit(self, eval_max_new_tokens: int) -> int:
+        """The patched generations' token limit: this config's, else the evaluation's."""
+        return self.max_new_tokens if self.max_new_tokens is not None else eval_max_new_tokens
 
 
 class ExperimentConfig(Strict):

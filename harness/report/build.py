@@ -11,11 +11,11 @@ import polars as pl
 from harness.report import figures, interactive, page
 from harness.report.page import esc, fmt
 from harness.report.tables import (
+    CTS_HALF,
+    INCORRECT_BELOW,
     RunTables,
     accuracy_of,
-    layer_cts,
     load_tables,
-    patched_by_layer,
     patched_summary,
     summary_json,
     top_tokens,
@@ -24,6 +24,16 @@ from harness.report.tables import (
 REPORT = "report.html"
 SUMMARY = "summary.json"
 FIGURES = "figures"
+EXAMPLES_PER_GROUP = 3  # heatmaps and generation cards per kind x suite: the page stays small
+LAYER_ACCURACY_COLUMNS = ["site", "kind", "suite", "layer", "n", "accuracy", "ci_low", "ci_high",
+                          "truncated", "unscored", "decision"]  # fmt: skip
+HEAD_ACCURACY_COLUMNS = ["kind", "suite", "layer", "head", "n", "accuracy", "ci_low", "ci_high",
+                         "decision"]  # fmt: skip
+CTS_COLUMNS = ["kind", "suite", "site", "layer", "prompts", "steps", "defined_fraction",
+               "mean_cts", "ci_low", "ci_high", "median_cts", "high_share", "mean_kl_transfer",
+               "kl_ci_low", "kl_ci_high"]  # fmt: skip
+CTS_HEAD_COLUMNS = ["kind", "suite", "layer", "head", "defined_fraction", "mean_cts", "ci_low",
+                    "ci_high", "median_cts", "high_share", "mean_kl_transfer"]  # fmt: skip
 
 
 @dataclass
@@ -41,7 +51,7 @@ def build_report(run_dir: Path, seconds: float | None = None) -> ReportOutputs:
     tables = load_tables(Path(run_dir))
     out = tables.run_dir
     pngs: list[Path] = []
-    sections = [header(tables)]
+    sections = [header(tables), *checks_section(tables)]
     sections += behaviour(tables, out / FIGURES, pngs)
     sections += mechanism(tables, out / FIGURES, pngs)
     sections += training(tables, out / FIGURES, pngs)
@@ -77,10 +87,55 @@ def header(t: RunTables) -> str:
     )
 
 
-def _cell(acc: float | None, n: int | None = None) -> str:
+def checks_section(t: RunTables) -> list[str]:
+    """The patch run's sanity checks in a box: red with every failure, green when all pass."""
+    if t.texts is None:
+        return []
+    checks = (t.patch_run or {}).get("checks")
+    if not checks:
+        return [
+            "<div class='box muted'>No sanity checks were recorded for this patch run (it "
+            "predates them); re-run the patch stage to check it.</div>"
+        ]
+    failed = [c for c in checks if c["status"] == "failed"]
+    items = []
+    for c in checks:
+        label = {"passed": "passed", "failed": "CHECK FAILED", "not_applicable": "not applicable"}
+        line = f"<li><b>{label[c['status']]}</b>: {esc(c['title'])} "
+        if c["status"] == "not_applicable":
+            line += f"<span class='muted'>({esc(c.get('note'))})</span>"
+        else:
+            line += f"({c['of'] - c['failed']} of {c['of']} agree, {c['prompts']} prompts)"
+        first = c.get("first_failure")
+        if first:
+            line += (
+                f"<br>first failure: prompt #{first['prompt_id']}, {esc(first['site'])} layer "
+                f"{first['layer']}, step {first['first_mismatch']}"
+                f"<div class='grid2'><div><b>expected</b><pre>{esc(first['expected'])}</pre>"
+                f"</div><div><b>got</b><pre>{esc(first['got'])}</pre></div></div>"
+            )
+        items.append(line + "</li>")
+    if failed:
+        return [
+            "<div class='box alert'><h3>CHECK FAILED: the patch run does not reproduce the "
+            "models, so its numbers below are not evidence</h3>"
+            f"<ul>{''.join(items)}</ul></div>"
+        ]
+    return [f"<div class='box pass'><b>Sanity checks</b><ul>{''.join(items)}</ul></div>"]
+
+
+def _interval(acc: float | None, low: float | None, high: float | None) -> str:
     if acc is None:
         return "&ndash;"
-    return f"{acc:.2f}" + (f" <span class='muted'>(n={n})</span>" if n is not None else "")
+    ci = f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
+    return f"{acc:.2f}<span class='muted'>{ci}</span>"
+
+
+def _cell(acc: float | None, n: int | None = None, low=None, high=None) -> str:
+    if acc is None:
+        return "&ndash;"
+    count = f" <span class='muted'>(n={n})</span>" if n is not None else ""
+    return _interval(acc, low, high) + count
 
 
 def table2_rows(t: RunTables, patched: pl.DataFrame | None) -> list[tuple[str, dict[str, str]]]:
@@ -89,7 +144,13 @@ def table2_rows(t: RunTables, patched: pl.DataFrame | None) -> list[tuple[str, d
     for model, label in (("clean", "Clean"), ("corrupt", "Corrupted")):
         sub = t.summary.filter(pl.col("model") == model)
         rows.append(
-            (label, {r["suite"]: _cell(r["accuracy"], r["n"]) for r in sub.iter_rows(named=True)})
+            (
+                label,
+                {
+                    r["suite"]: _cell(r["accuracy"], r["n"], r.get("ci_low"), r.get("ci_high"))
+                    for r in sub.iter_rows(named=True)
+                },
+            )
         )
     if patched is None or patched.is_empty():
         return rows
@@ -98,14 +159,24 @@ def table2_rows(t: RunTables, patched: pl.DataFrame | None) -> list[tuple[str, d
         cells = {}
         for r in group.iter_rows(named=True):
             first = r["first_incorrect_layer"]
-            turn = (
-                f"<br><b>incorrect from layer {first}+</b>"
-                if first is not None
-                else "<br>correct at the last layer"
+            turn = {
+                "correct": "correct at the last layer",
+                "undecided": f"undecided at the last layer (its interval spans {INCORRECT_BELOW})",
+            }.get(r["last_layer_decision"], "incorrect at the last layer only")
+            if first is not None:
+                turn = f"<b>incorrect from layer {first}+</b>"
+            truncated = (
+                f"<br><span class='bad'>{r['truncated_share']:.0%} truncated</span>"
+                if r["truncated_share"]
+                else ""
             )
             cells[r["suite"]] = (
-                f"{r['accuracy']:.2f} <span class='muted'>({r['prompts']} prompts &times; "
-                f"{r['layers']} layers)</span>{turn}"
+                f"{turn}<br>layer {r['first_layer']}: "
+                f"{_interval(r['first_layer_accuracy'], *r['first_layer_ci'])}"
+                f"<br>layer {r['last_layer']}: "
+                f"{_interval(r['last_layer_accuracy'], *r['last_layer_ci'])}"
+                f"<br><span class='muted'>{r['prompts']} prompts &times; {r['layers']} layers"
+                f"</span>{truncated}"
             )
         what = (
             "flagged: clean right, corrupted wrong" if kind == "flagged" else "control: both right"
@@ -114,15 +185,35 @@ def table2_rows(t: RunTables, patched: pl.DataFrame | None) -> list[tuple[str, d
     return rows
 
 
+def token_limit_note(t: RunTables) -> str:
+    """Said outright when the patched generations had less room than the evaluated ones."""
+    run = t.patch_run or {}
+    limit, evaluated = run.get("max_new_tokens"), run.get("eval_max_new_tokens")
+    if limit is None or evaluated is None or limit >= evaluated:
+        return ""
+    return (
+        f"<div class='box warn'><b>Patched generations were limited to {limit} new tokens, the "
+        f"evaluation's to {evaluated}</b> (<code>patch.max_new_tokens</code>). A patched answer "
+        "cut off at the limit is <i>truncated</i> and never counts as correct, so patched "
+        "accuracy is lower than the same answers with the evaluation's room would be.</div>"
+    )
+
+
 def behaviour(t: RunTables, fig_dir: Path, pngs: list[Path]) -> list[str]:
     suites = t.suites
-    patched = patched_summary(t.texts) if t.texts is not None and t.texts.height else None
+    has_texts = t.texts is not None and t.texts.height and t.table2 is not None
+    patched = patched_summary(t.table2) if has_texts else None
     out = [
         "<h2>Behaviour: where the corrupted model fails (Table 2)</h2>",
-        "<p class='note'>Accuracy of greedy answers per suite. Patched: the clean model with the "
-        "corrupted model's activation at one layer (last position, every generated token), scored "
-        "by the suite's checker, averaged over prompts and layers; <i>incorrect from layer L+</i> "
-        "means the patched accuracy stays below 0.5 from layer L to the last layer.</p>",
+        "<p class='note'>Accuracy of greedy answers per suite with 95 % intervals (clean and "
+        "corrupted: bootstrap over the evaluation's items). Patched: the clean model with the "
+        "corrupted model's activation at one layer (last position, every generated token), "
+        "scored by the suite's checker; a patched answer that ran out of tokens is truncated, "
+        "never correct. Per layer, 95 % Wilson intervals over prompts. A layer is "
+        f"<i>incorrect</i> when the upper end of its interval is below {INCORRECT_BELOW} (most "
+        "patched answers are wrong, with 95 % confidence); <i>incorrect from layer L+</i>: L "
+        "is the first layer from which every later layer is incorrect.</p>",
+        token_limit_note(t),
         page.table2(table2_rows(t, patched), suites),
     ]
     bars = [
@@ -132,7 +223,10 @@ def behaviour(t: RunTables, fig_dir: Path, pngs: list[Path]) -> list[str]:
     if patched is not None:
         for (site, kind), g in patched.group_by("site", "kind", maintain_order=True):
             bars.append(
-                (f"patched {site} ({kind})", dict(zip(g["suite"], g["accuracy"], strict=True)))
+                (
+                    f"patched {site} ({kind}), last layer",
+                    dict(zip(g["suite"], g["last_layer_accuracy"], strict=True)),
+                )
             )
     pngs.append(figures.accuracy_figure(bars, suites, fig_dir / "accuracy.png"))
     n_flagged = t.flagged.filter(pl.col("model") == "corrupt").height
@@ -145,12 +239,28 @@ def behaviour(t: RunTables, fig_dir: Path, pngs: list[Path]) -> list[str]:
         f"<p>Flagged (clean right, corrupted wrong): <b>{n_flagged}</b> items.</p>",
         page.table(flagged) if flagged.height else "",
     ]
-    if t.texts is not None and t.texts.height:
-        by_layer = patched_by_layer(t.texts).filter(pl.col("head").is_null())
-        wide = by_layer.with_columns(pl.format("L{}", "layer").alias("col")).pivot(
-            "col", index=["site", "kind", "suite"], values="accuracy"
-        )
-        out += ["<h3>Patched accuracy per layer</h3>", page.table(wide, 2)]
+    if has_texts:
+        by_layer = t.table2.filter(
+            (pl.col("condition") == "patched") & pl.col("head").is_null()
+        ).select(LAYER_ACCURACY_COLUMNS)
+        pngs.append(figures.patched_accuracy_figure(by_layer, fig_dir / "patched_by_layer.png"))
+        out += [
+            "<h3>Patched accuracy per layer</h3>",
+            "<p class='note'>Share of patched answers the checker scores correct, per patched "
+            "layer, with 95 % Wilson intervals over prompts; flagged items solid, controls "
+            "dashed.</p>",
+            page.figure_div(interactive.patched_accuracy(by_layer), "patched-by-layer"),
+            "<details><summary>table (every layer)</summary>",
+            page.table(by_layer, 2),
+            "</details>",
+        ]
+        heads = t.table2.filter((pl.col("condition") == "patched") & pl.col("head").is_not_null())
+        if heads.height:
+            out += [
+                "<details><summary>patched accuracy per layer and head (site head)</summary>",
+                page.table(heads.select(HEAD_ACCURACY_COLUMNS), 2),
+                "</details>",
+            ]
     return out
 
 
@@ -158,7 +268,7 @@ def mechanism(t: RunTables, fig_dir: Path, pngs: list[Path]) -> list[str]:
     out = ["<h2>Mechanism: which layers carry the corruption (CTS)</h2>"]
     if t.steps is None or t.items is None:
         return [*out, "<p class='muted'>The patch stage has not run.</p>"]
-    if t.steps.is_empty():
+    if t.steps.is_empty() or t.cts is None:
         return [
             *out,
             "<p class='muted'>No prompt was patched: nothing was flagged and no control item "
@@ -171,28 +281,51 @@ def mechanism(t: RunTables, fig_dir: Path, pngs: list[Path]) -> list[str]:
         "&minus; logit[y<sub>clean</sub>]: 1 means the patch moves the clean model all the way "
         "to the corrupted model's preference. It is undefined where both models pick the same "
         "next token; here it is defined on "
-        f"<b>{defined:.1%}</b> of {t.steps.height} steps. Means are over defined steps only.</p>"
+        f"<b>{defined:.1%}</b> of {t.steps.height} steps. Means are over defined steps only, "
+        "with 95 % intervals from resampling prompts (a trajectory's steps are correlated); "
+        "beside them the median and the share of defined steps with CTS &ge; "
+        f"{CTS_HALF} (a near-tie makes one |CTS| arbitrarily large, so the mean alone can "
+        "mislead), and the KL transfer, defined on every step: KL(corrupt || clean) &minus; "
+        "KL(corrupt || patched) in nats, 0 for no transfer.</p>"
     )
-    layers = layer_cts(t.steps)
+    layers = t.cts.filter(pl.col("head").is_null())
     pngs.append(figures.cts_by_layer_figure(layers, fig_dir / "cts_by_layer.png"))
+    pngs.append(figures.cts_heatmap_figure(layers, fig_dir / "cts_summary_heatmap.png"))
+    shown = layers.select(CTS_COLUMNS)
     out += [
-        "<h3>Mean CTS per layer and suite</h3>",
+        "<h3>CTS per layer, flagged and control items apart</h3>",
         page.figure_div(interactive.cts_by_layer(layers), "cts-by-layer"),
-        "<details><summary>table</summary>",
-        page.table(layers),
+        page.figure_div(interactive.cts_summary_heatmap(layers), "cts-summary-heatmap"),
+        "<details><summary>table (patch/cts_summary.parquet)</summary>",
+        page.table(shown),
         "</details>",
+    ]
+    heads = t.cts.filter(pl.col("head").is_not_null())
+    if heads.height:
+        out += [
+            "<h3>CTS per layer and head (site head)</h3>",
+            page.figure_div(interactive.cts_head_heatmap(heads), "cts-head-heatmap"),
+            "<details><summary>table</summary>",
+            page.table(heads.select(CTS_HEAD_COLUMNS)),
+            "</details>",
+        ]
+    flagged_steps = t.steps.filter(pl.col("kind") == "flagged")
+    out += [
         "<h3>Tokens with the highest CTS</h3>",
-        "<p class='note'>Generated tokens across prompts and layers, by mean CTS over their "
-        "defined steps (tokens seen at least 3 times when there are enough); high share: "
-        "CTS ≥ 0.8.</p>",
-        page.table(top_tokens(t.steps)),
+        "<p class='note'>Generated tokens of the flagged items across prompts and layers, by "
+        "mean CTS over their defined steps (tokens seen at least 3 times when there are "
+        "enough); high share: CTS ≥ 0.8.</p>",
+        page.table(top_tokens(flagged_steps if flagged_steps.height else t.steps)),
         "<h3>CTS heatmaps</h3>",
         "<p class='note'>Rows: patched layer; columns: generation step. Hover shows the token the "
         "patched model generated there and its CTS. Grey: CTS undefined (the models agree); "
-        "white: that trajectory had already stopped.</p>",
+        f"white: that trajectory had already stopped. The first {EXAMPLES_PER_GROUP} items of "
+        "each kind and suite; every step is in patch/steps.parquet.</p>",
     ]
-    items = {r["prompt_id"]: r for r in t.items.iter_rows(named=True)}
-    for (prompt_id, site), group in t.steps.group_by("prompt_id", "site", maintain_order=True):
+    chosen = examples(t.items)
+    items = {r["prompt_id"]: r for r in chosen.iter_rows(named=True)}
+    wanted = t.steps.filter(pl.col("prompt_id").is_in(list(items)))
+    for (prompt_id, site), group in wanted.group_by("prompt_id", "site", maintain_order=True):
         item = items[prompt_id]
         title = f"#{prompt_id} {item['suite']} ({item['kind']}), {site}: {item['question']}"
         short = title if len(title) <= 110 else title[:107] + "…"
@@ -201,19 +334,28 @@ def mechanism(t: RunTables, fig_dir: Path, pngs: list[Path]) -> list[str]:
         )
         name = f"heatmap_p{prompt_id:03d}_{site}.png"
         pngs.append(figures.heatmap_figure(group, short, fig_dir / name))
-    out += generations(t)
+    out += generations(t, chosen)
     return out
 
 
-def generations(t: RunTables) -> list[str]:
+def examples(items: pl.DataFrame, k: int = EXAMPLES_PER_GROUP) -> pl.DataFrame:
+    """The first ``k`` items of each kind x suite (flagged first): what the page shows."""
+    return (
+        items.sort("kind", "suite", "prompt_id", descending=[True, False, False])
+        .group_by("kind", "suite", maintain_order=True)
+        .head(k)
+    )
+
+
+def generations(t: RunTables, chosen: pl.DataFrame) -> list[str]:
     out = [
         "<h2>Generations side by side</h2>",
         "<p class='note'>Clean and corrupted answers from the evaluation; the patched answer at "
-        "the first layer from which patching turns this item incorrect (else the last layer).</p>",
+        "the first layer from which patching turns this item incorrect (else the last layer). "
+        f"The first {EXAMPLES_PER_GROUP} items of each kind and suite; every patched text is in "
+        "patch/texts.parquet.</p>",
     ]
-    for item in t.items.sort(
-        "kind", "suite", "prompt_id", descending=[True, False, False]
-    ).iter_rows(named=True):
+    for item in chosen.iter_rows(named=True):
         patched = t.texts.filter(pl.col("prompt_id") == item["prompt_id"])
         plain = patched.filter(pl.col("head").is_null())
         layer = _shown_layer(plain)
@@ -228,7 +370,8 @@ def _shown_layer(patched: pl.DataFrame) -> int | None:
         return None
     first_site = patched["site"][0]
     one = patched.filter(pl.col("site") == first_site).sort("layer")
-    first = first_incorrect_layer(one["layer"].to_list(), one["correct"].cast(pl.Float64).to_list())
+    said = ["correct" if c else "incorrect" for c in one["correct"].to_list()]
+    first = first_incorrect_layer(one["layer"].to_list(), said)
     return first if first is not None else one["layer"][-1]
 
 

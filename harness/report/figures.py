@@ -52,29 +52,119 @@ def accuracy_figure(rows: list[tuple[str, dict[str, float | None]]], suites: lis
     return _save(fig, path)
 
 
+def _label(kind: str | None, suite: str, site: str) -> str:
+    what = f"{SUITE_TITLES.get(suite, suite)} ({site})"
+    return what if kind is None else f"{what}, {kind}"
+
+
+def _float(series: pl.Series) -> np.ndarray:
+    return series.cast(pl.Float64).to_numpy(allow_copy=True).astype(float)
+
+
+def patched_accuracy_figure(by_layer: pl.DataFrame, path: Path):
+    """Patched accuracy per layer with 95 % intervals; flagged solid, controls dashed."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    colours: dict[tuple[str, str], str] = {}
+    for (site, kind, suite), group in by_layer.group_by(
+        "site", "kind", "suite", maintain_order=True
+    ):
+        g = group.sort("layer")
+        layers = g["layer"].to_numpy()
+        colour = colours.get((suite, site))
+        (line,) = ax.plot(
+            layers,
+            _float(g["accuracy"]),
+            "o-" if kind == "flagged" else "s--",
+            ms=3,
+            label=_label(kind, suite, site),
+            color=colour,
+        )
+        colours[(suite, site)] = line.get_color()
+        ax.fill_between(
+            layers, _float(g["ci_low"]), _float(g["ci_high"]), color=line.get_color(), alpha=0.15
+        )
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set(
+        xlabel="patched layer",
+        ylabel="patched accuracy",
+        ylim=(-0.02, 1.02),
+        title="Patched accuracy by layer (95 % Wilson intervals over prompts)",
+    )
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(_integer_ticks())
+    return _save(fig, path)
+
+
+def _integer_ticks():
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
 def cts_by_layer_figure(layer_table: pl.DataFrame, path: Path):
     """Mean CTS per layer with its 95 % interval (top) and the defined fraction (bottom)."""
     plt = _plt()
     fig, (top, bottom) = plt.subplots(
         2, 1, figsize=(7, 5), sharex=True, gridspec_kw={"height_ratios": [2, 1]}
     )
-    for (suite, site), group in layer_table.group_by("suite", "site", maintain_order=True):
-        label = f"{SUITE_TITLES.get(suite, suite)} ({site})"
+    keys = ["kind", "suite", "site"] if "kind" in layer_table.columns else ["suite", "site"]
+    for key, group in layer_table.group_by(keys, maintain_order=True):
+        kind, suite, site = key if len(keys) == 3 else (None, *key)
         g = group.sort("layer")
         layers = g["layer"].to_numpy()
-        mean = g["mean_cts"].to_numpy(allow_copy=True).astype(float)
-        (line,) = top.plot(layers, mean, "o-", label=label, lw=1.5, ms=3)
-        low = g["ci_low"].to_numpy(allow_copy=True).astype(float)
-        high = g["ci_high"].to_numpy(allow_copy=True).astype(float)
-        top.fill_between(layers, low, high, color=line.get_color(), alpha=0.2)
-        bottom.plot(layers, g["defined_fraction"].to_numpy(), "o-", color=line.get_color(), ms=3)
+        style = "s--" if kind == "control" else "o-"
+        (line,) = top.plot(
+            layers, _float(g["mean_cts"]), style, label=_label(kind, suite, site), lw=1.5, ms=3
+        )
+        top.fill_between(
+            layers, _float(g["ci_low"]), _float(g["ci_high"]), color=line.get_color(), alpha=0.2
+        )
+        bottom.plot(layers, g["defined_fraction"].to_numpy(), style, color=line.get_color(), ms=3)
     top.axhline(0, color="grey", lw=0.8)
     top.axhline(1, color="grey", lw=0.8, ls=":")
     top.set(ylabel="mean CTS (defined steps)", title="Corruption transfer by layer")
-    top.legend(fontsize=8)
+    top.legend(fontsize=7)
     bottom.set(xlabel="patched layer", ylabel="CTS defined", ylim=(0, 1.05))
+    bottom.xaxis.set_major_locator(_integer_ticks())
     for axis in (top, bottom):
         axis.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def cts_summary_matrix(layer_table: pl.DataFrame) -> tuple[list[str], list[int], np.ndarray]:
+    """Columns (kind, suite, site), rows (layer), mean CTS (NaN where none is defined)."""
+    keyed = layer_table.with_columns(
+        pl.format("{} {} ({})", "kind", "suite", "site").alias("column")
+    ).sort(pl.col("kind") != "flagged", "suite", "site", "layer")
+    columns = keyed["column"].unique(maintain_order=True).to_list()
+    layers = sorted(keyed["layer"].unique().to_list())
+    matrix = np.full((len(layers), len(columns)), np.nan)
+    for column, layer, value in keyed.select("column", "layer", "mean_cts").iter_rows():
+        if value is not None:
+            matrix[layers.index(layer), columns.index(column)] = value
+    return columns, layers, matrix
+
+
+def cts_heatmap_figure(layer_table: pl.DataFrame, path: Path):
+    """Mean CTS by layer (rows) for each kind x suite x site (columns); grey: none defined."""
+    plt = _plt()
+    columns, layers, matrix = cts_summary_matrix(layer_table)
+    fig, ax = plt.subplots(figsize=(2 + 1.1 * len(columns), 1.2 + 0.22 * len(layers)))
+    ax.set_facecolor(UNDEFINED_GREY)
+    image = ax.imshow(
+        np.clip(matrix, *CTS_RANGE),
+        aspect="auto",
+        cmap="RdBu_r",
+        vmin=CTS_RANGE[0],
+        vmax=CTS_RANGE[1],
+        interpolation="none",
+    )
+    ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right", fontsize=7)
+    ax.set_yticks(range(len(layers)), [f"L{layer}" for layer in layers], fontsize=7)
+    ax.set(ylabel="patched layer", title="Mean CTS over defined steps")
+    fig.colorbar(image, ax=ax, label="mean CTS (grey: undefined)", fraction=0.04)
     return _save(fig, path)
 
 

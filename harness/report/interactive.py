@@ -87,6 +87,71 @@ def _nulls(matrix: np.ndarray) -> list[list[float | None]]:
     return [[None if np.isnan(v) else float(v) for v in row] for row in matrix]
 
 
+def _groups(table: pl.DataFrame, keys: list[str]):
+    """Groups in the page's order: flagged before control, suites as in Table 2."""
+    ordered = table.with_columns(
+        pl.col("suite").replace_strict(SUITE_RANK, default=9).alias("_o"),
+        ((pl.col("kind") != "flagged") if "kind" in table.columns else pl.lit(False)).alias("_k"),
+    )
+    return ordered.sort("_k", "_o", "site").group_by(keys, maintain_order=True)
+
+
+def _name(key: tuple, keys: list[str]) -> str:
+    values = dict(zip(keys, key, strict=True))
+    name = f"{SUITE_TITLES.get(values['suite'], values['suite'])} ({values['site']})"
+    return f"{name}, {values['kind']}" if "kind" in values else name
+
+
+def _error_bars(mean: list, low: list, high: list) -> dict:
+    upper = [
+        h - m if h is not None and m is not None else None for h, m in zip(high, mean, strict=True)
+    ]
+    lower = [
+        m - lo if lo is not None and m is not None else None
+        for lo, m in zip(low, mean, strict=True)
+    ]
+    return {"type": "data", "symmetric": False, "array": upper, "arrayminus": lower}
+
+
+def patched_accuracy(by_layer: pl.DataFrame):
+    """Patched accuracy per layer with 95 % Wilson intervals; controls dashed."""
+    go = _go()
+    fig = go.Figure()
+    keys = ["kind", "suite", "site"]
+    for i, (key, group) in enumerate(_groups(by_layer, keys)):
+        g = group.sort("layer")
+        name = _name(key, keys)
+        mean = g["accuracy"].to_list()
+        custom = np.column_stack(
+            [g["n"].to_numpy(), g["truncated"].to_numpy(), g["decision"].to_numpy()]
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=g["layer"].to_list(),
+                y=mean,
+                name=name,
+                mode="lines+markers",
+                line={
+                    "color": PALETTE[i % len(PALETTE)],
+                    "dash": "dash" if key[0] == "control" else "solid",
+                },
+                error_y=_error_bars(mean, g["ci_low"].to_list(), g["ci_high"].to_list()),
+                customdata=custom,
+                hovertemplate="layer %{x}: accuracy %{y:.2f} over %{customdata[0]} prompts"
+                "<br>truncated %{customdata[1]}, %{customdata[2]}<extra>" + name + "</extra>",
+            )
+        )
+    fig.add_hline(y=0.5, line={"color": "grey", "dash": "dot", "width": 1})
+    fig.update_layout(
+        xaxis_title="patched layer",
+        yaxis_title="patched accuracy",
+        yaxis_range=[-0.02, 1.02],
+        height=380,
+        margin={"l": 60, "r": 20, "t": 30, "b": 40},
+    )
+    return fig
+
+
 def cts_by_layer(layer_table: pl.DataFrame):
     """Mean CTS per layer with 95 % intervals; the defined fraction in a panel below."""
     go = _go()
@@ -95,25 +160,21 @@ def cts_by_layer(layer_table: pl.DataFrame):
     fig = make_subplots(
         rows=2, cols=1, shared_xaxes=True, row_heights=[0.68, 0.32], vertical_spacing=0.06
     )
-    ordered = layer_table.with_columns(
-        pl.col("suite").replace_strict(SUITE_RANK, default=9).alias("_o")
-    )
-    groups = ordered.sort("_o", "site").group_by("suite", "site", maintain_order=True)
-    for i, ((suite, site), group) in enumerate(groups):
+    keys = ["kind", "suite", "site"] if "kind" in layer_table.columns else ["suite", "site"]
+    for i, (key, group) in enumerate(_groups(layer_table, keys)):
         g = group.sort("layer")
-        name = f"{SUITE_TITLES.get(suite, suite)} ({site})"
+        name = _name(key, keys)
         color = PALETTE[i % len(PALETTE)]
+        dash = "dash" if "kind" in keys and key[0] == "control" else "solid"
         mean = g["mean_cts"].to_list()
-        upper = [
-            h - m if h is not None and m is not None else None
-            for h, m in zip(g["ci_high"].to_list(), mean, strict=True)
-        ]
-        lower = [
-            m - lo if lo is not None and m is not None else None
-            for lo, m in zip(g["ci_low"].to_list(), mean, strict=True)
-        ]
+        median = g["median_cts"].to_list() if "median_cts" in g.columns else [None] * g.height
         custom = np.column_stack(
-            [g["defined_fraction"].to_numpy(), g["defined"].to_numpy(), g["steps"].to_numpy()]
+            [
+                g["defined_fraction"].to_numpy(),
+                g["defined"].to_numpy(),
+                g["steps"].to_numpy(),
+                np.array(median, dtype=float),
+            ]
         )
         fig.add_trace(
             go.Scatter(
@@ -122,11 +183,12 @@ def cts_by_layer(layer_table: pl.DataFrame):
                 name=name,
                 legendgroup=name,
                 mode="lines+markers",
-                line={"color": color},
-                error_y={"type": "data", "symmetric": False, "array": upper, "arrayminus": lower},
+                line={"color": color, "dash": dash},
+                error_y=_error_bars(mean, g["ci_low"].to_list(), g["ci_high"].to_list()),
                 customdata=custom,
-                hovertemplate="layer %{x}: mean CTS %{y:.3f}<br>defined on %{customdata[0]:.0%}"
-                " (%{customdata[1]} of %{customdata[2]} steps)<extra>" + name + "</extra>",
+                hovertemplate="layer %{x}: mean CTS %{y:.3f}, median %{customdata[3]:.3f}"
+                "<br>defined on %{customdata[0]:.0%} (%{customdata[1]} of %{customdata[2]} steps)"
+                "<extra>" + name + "</extra>",
             ),
             row=1,
             col=1,
@@ -139,7 +201,7 @@ def cts_by_layer(layer_table: pl.DataFrame):
                 legendgroup=name,
                 showlegend=False,
                 mode="lines+markers",
-                line={"color": color},
+                line={"color": color, "dash": dash},
             ),
             row=2,
             col=1,
@@ -150,6 +212,103 @@ def cts_by_layer(layer_table: pl.DataFrame):
     fig.update_xaxes(tickmode="linear", dtick=max(1, layer_table["layer"].n_unique() // 16))
     fig.update_layout(height=460, margin={"l": 60, "r": 20, "t": 30, "b": 40})
     return fig
+
+
+def cts_summary_heatmap(layer_table: pl.DataFrame):
+    """Mean CTS by layer and kind x suite x site; hover: median, share >= 0.5, defined share."""
+    go = _go()
+    from harness.report.figures import cts_summary_matrix
+
+    columns, layers, matrix = cts_summary_matrix(layer_table)
+    hover = np.full(matrix.shape, "", dtype=object)
+    keyed = layer_table.with_columns(
+        pl.format("{} {} ({})", "kind", "suite", "site").alias("column")
+    )
+    for r in keyed.iter_rows(named=True):
+        i, j = layers.index(r["layer"]), columns.index(r["column"])
+        hover[i, j] = (
+            f"mean {_num(r['mean_cts'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}], median "
+            f"{_num(r['median_cts'])}, CTS>=0.5 on {_pct(r['high_share'])} of defined steps, "
+            f"defined on {_pct(r['defined_fraction'])}, KL transfer {_num(r['mean_kl_transfer'])}"
+        )
+    fig = go.Figure(
+        go.Heatmap(
+            z=_nulls(np.clip(matrix, *CTS_RANGE)),
+            x=columns,
+            y=[f"L{v}" for v in layers],
+            customdata=hover,
+            hovertemplate="%{y}, %{x}<br>%{customdata}<extra></extra>",
+            colorscale="RdBu_r",
+            zmin=CTS_RANGE[0],
+            zmax=CTS_RANGE[1],
+            zmid=0,
+            hoverongaps=False,
+            colorbar={"title": {"text": "mean CTS"}, "thickness": 12},
+        )
+    )
+    fig.update_layout(
+        plot_bgcolor=UNDEFINED_GREY,
+        height=max(260, 90 + 16 * len(layers)),
+        margin={"l": 60, "r": 20, "t": 30, "b": 80},
+    )
+    fig.update_yaxes(type="category")
+    return fig
+
+
+def cts_head_heatmap(head_table: pl.DataFrame):
+    """Mean CTS by layer (rows) and head (columns), one panel per kind (flagged first)."""
+    go = _go()
+    from plotly.subplots import make_subplots
+
+    kinds = sorted(head_table["kind"].unique().to_list(), key=lambda k: k != "flagged")
+    fig = make_subplots(rows=1, cols=len(kinds), subplot_titles=kinds, shared_yaxes=True)
+    for c, kind in enumerate(kinds, start=1):
+        pooled = (
+            head_table.filter(pl.col("kind") == kind)
+            .group_by("layer", "head")
+            .agg(
+                ((pl.col("mean_cts") * pl.col("defined")).sum() / pl.col("defined").sum()).alias(
+                    "m"
+                )
+            )
+            .sort("layer", "head")
+        )
+        layers = sorted(pooled["layer"].unique().to_list())
+        heads = sorted(pooled["head"].unique().to_list())
+        z = np.full((len(layers), len(heads)), np.nan)
+        for layer, head, value in pooled.iter_rows():
+            if value is not None and np.isfinite(value):
+                z[layers.index(layer), heads.index(head)] = value
+        fig.add_trace(
+            go.Heatmap(
+                z=_nulls(np.clip(z, *CTS_RANGE)),
+                x=heads,
+                y=[f"L{v}" for v in layers],
+                colorscale="RdBu_r",
+                zmin=CTS_RANGE[0],
+                zmax=CTS_RANGE[1],
+                zmid=0,
+                showscale=c == 1,
+                hoverongaps=False,
+                hovertemplate="%{y} head %{x}: mean CTS %{z:.3f}<extra>" + kind + "</extra>",
+            ),
+            row=1,
+            col=c,
+        )
+    fig.update_layout(
+        height=max(260, 90 + 16 * head_table["layer"].n_unique()),
+        plot_bgcolor=UNDEFINED_GREY,
+        margin={"l": 60, "r": 20, "t": 40, "b": 40},
+    )
+    return fig
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
 
 
 def training(metrics: pl.DataFrame):

@@ -27,6 +27,13 @@ padding:8px;font-size:.82em;margin:.2em 0;max-height:24em;overflow:auto}
 .card{border:1px solid #e0e0e0;border-radius:6px;padding:10px 14px;margin:14px 0}
 .tag{display:inline-block;font-size:.78em;padding:1px 7px;border-radius:9px;background:#eef}
 .tag.flagged{background:#fde2e2}.tag.control{background:#e2f5e6}
+.box{border-radius:6px;padding:8px 14px;margin:14px 0;border:1px solid #ddd}
+.box.pass{border-color:#1a7f37;background:#eaf6ec}.box.warn{border-color:#b26a00;background:#fff4e0}
+.box.alert{border:3px solid #c62828;background:#fdecea;color:#7f1212}
+.box.alert h3{margin:.2em 0;color:#c62828}
+.grid2{display:grid;grid-template-columns:repeat(2,1fr);gap:10px}
+.grid2 pre{white-space:pre-wrap;background:#fff;border:1px solid #e4e4e4;padding:6px;
+font-size:.82em}
 """
 
 
@@ -61,6 +68,17 @@ def mark(correct: bool | None) -> str:
     if correct is None:
         return '<span class="muted">?</span>'
     return '<span class="ok">✓ correct</span>' if correct else '<span class="bad">✗ wrong</span>'
+
+
+def verdict_mark(row: dict[str, Any]) -> str:
+    """A patched text's verdict; a truncated one says that it hit the token limit."""
+    verdict = row.get("verdict")
+    if verdict == "truncated":
+        n = row.get("n_tokens")
+        return f'<span class="bad">✂ truncated ({n} tokens: the limit)</span>'
+    if verdict == "unscored":
+        return '<span class="muted">? unscored (the checker could not decide)</span>'
+    return mark(row.get("correct"))
 
 
 def figure_div(fig, div_id: str) -> str:
@@ -101,7 +119,7 @@ def generation_card(item: dict[str, Any], patched: pl.DataFrame, shown_layer: in
     chosen = patched.filter(pl.col("layer") == shown_layer) if shown_layer is not None else None
     chosen = chosen.row(0, named=True) if chosen is not None and chosen.height else None
     patched_cell = (
-        f"<b>patched, {esc(chosen['site'])} @ layer {chosen['layer']}</b> {mark(chosen['correct'])}"
+        f"<b>patched, {esc(chosen['site'])} @ layer {chosen['layer']}</b> {verdict_mark(chosen)}"
         f"<pre>{esc(chosen['text'])}</pre>"
         if chosen
         else "<b>patched</b><p class='muted'>not patched</p>"
@@ -109,7 +127,7 @@ def generation_card(item: dict[str, Any], patched: pl.DataFrame, shown_layer: in
     layers = "".join(
         f"<p><b>{esc(r['site'])} @ layer {r['layer']}"
         + (f" head {r['head']}" if r["head"] is not None else "")
-        + f"</b> {mark(r['correct'])}</p><pre>{esc(r['text'])}</pre>"
+        + f"</b> {verdict_mark(r)}</p><pre>{esc(r['text'])}</pre>"
         for r in patched.sort("site", "layer", "head", nulls_last=False).iter_rows(named=True)
     )
     return (

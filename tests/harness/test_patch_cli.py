@@ -54,6 +54,11 @@ def test_writes_the_three_tables(tmp_path, tiny_model_dir, corrupt_dir):
         )
         assert row["token_ids"] == patched
         assert row["text"] == tokenizer.decode(patched, skip_special_tokens=True)
+        assert row["n_tokens"] == len(patched)
+        stopped = patched[-1] == tokenizer.eos_token_id
+        assert row["finish_reason"] == ("stop" if stopped else "length")
+        if not stopped:
+            assert len(patched) == 6  # ran out of tokens
 
 
 def test_prompts_from_a_flagged_table(tmp_path):

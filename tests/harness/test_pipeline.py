@@ -11,7 +11,14 @@ import yaml
 from harness.config import ExperimentConfig
 from harness.errors import HarnessError
 from harness.pipeline import Stage, run_stages
-from harness.pipeline.patching import aliases_for, run_patch_stage, score_texts, select_items
+from harness.pipeline.patching import (
+    aliases_for,
+    identity_targets,
+    run_patch_stage,
+    score_texts,
+    select_items,
+    spread,
+)
 from harness.pipeline.runner import completed, read_marker, run_logging
 from harness.pipeline.stages import write_config
 from tests.harness.test_report import canned_records
@@ -138,7 +145,7 @@ def config(tmp_path, clean="zoo:clean", **patch) -> ExperimentConfig:
             "output_dir": str(tmp_path),
             "models": {"clean": str(clean), "corrupt": str(clean)},
             "eval": {"level": "demo"},
-            "patch": {"max_prompts_per_suite": 1, "max_new_tokens": 3, "layers": [0, 3]} | patch,
+            "patch": {"max_new_tokens": 3, "layers": [0, 3]} | patch,
         }
     )
 
@@ -152,18 +159,39 @@ def test_config_yaml_is_the_resolved_config(tmp_path):
     assert ExperimentConfig.model_validate(written) == cfg
 
 
-def test_selection_takes_flagged_items_and_tops_up_with_controls():
+def test_selection_takes_every_flagged_item_and_as_many_controls():
     from harness.flag import flag
 
-    records = canned_records()
-    items = select_items(records, flag(records), 2)
-    assert items.filter(pl.col("suite") == "related")["kind"].to_list() == ["flagged"] * 2
-    assert items.filter(pl.col("suite") != "related")["kind"].to_list() == ["control"] * 4
-    assert items["prompt_id"].to_list() == list(range(6))
-    assert select_items(records, flag(records).clear(), 0).is_empty()
+    records = canned_records(12)  # 9 flagged related items, 3 related controls
+    items = select_items(records, flag(records))
+    kinds = {
+        suite: g["kind"].to_list() for (suite,), g in items.group_by("suite", maintain_order=True)
+    }
+    assert kinds["related"] == ["flagged"] * 9 + ["control"] * 3
+    assert kinds["unrelated_math"] == kinds["general"] == ["control"] * 9  # as many as flagged
+    assert items["prompt_id"].to_list() == list(range(items.height))
+    capped = select_items(records, flag(records), 2, max_controls=4)
+    assert capped.filter(pl.col("kind") == "flagged").height == 2
+    assert capped.filter(pl.col("suite") == "general")["kind"].to_list() == ["control"] * 2
+    fewer = select_items(records, flag(records), max_controls=4)
+    assert fewer.filter(pl.col("suite") == "general").height == 4
+    assert select_items(records, flag(records).clear()).is_empty()  # no corruption, no controls
 
 
-def test_patched_texts_are_scored_by_the_suite_checker():
+def test_a_truncated_answer_is_no_control():
+    from harness.flag import flag
+
+    records = canned_records().with_columns(
+        verdict=pl.when((pl.col("model") == "corrupt") & (pl.col("suite") == "general"))
+        .then(pl.lit("truncated"))
+        .otherwise(pl.col("verdict"))
+    )  # ``correct`` still says True: the verdict decides
+    items = select_items(records, flag(records))
+    assert items.filter(pl.col("suite") == "general").is_empty()
+    assert items.filter(pl.col("suite") == "unrelated_math").height == 3
+
+
+def _scoring_items():
     from tasks.suites import eval_problems
 
     fact = next(
@@ -184,29 +212,65 @@ def test_patched_texts_are_scored_by_the_suite_checker():
             "corrupt_response": ["", ""],
         }
     )
+    return items, math, fact
+
+
+def test_patched_texts_are_scored_by_the_suite_checker():
+    items, math, fact = _scoring_items()
+    right = f"**Answer:** {math.answer}"
     assert aliases_for(f"{fact.task}_demo", fact.id, "demo") == tuple(fact.aliases)
     texts = pl.DataFrame(
         {
-            "prompt_id": [0, 0, 1],
-            "site": ["resid_post"] * 3,
-            "layer": [0, 1, 0],
-            "head": [None] * 3,
-            "text": [f"**Answer:** {math.answer}", "**Answer:** 123456", f"{fact.aliases[0]}."],
+            "prompt_id": [0, 0, 1, 0],
+            "site": ["resid_post"] * 4,
+            "layer": [0, 1, 0, 2],
+            "head": [None] * 4,
+            "text": [right, "**Answer:** 123456", f"{fact.aliases[0]}.", right],
+            "finish_reason": ["stop", "stop", "stop", "length"],
         }
     )
     scored = score_texts(texts, items, "demo")
-    assert scored["correct"].to_list() == [True, False, True]
+    # the last one has the right answer but ran out of tokens: truncated, never correct
+    assert scored["verdict"].to_list() == ["correct", "wrong", "correct", "truncated"]
+    assert scored["correct"].to_list() == [True, False, True, False]
 
 
-def test_patch_stage_on_tiny_models(tmp_path, tiny_model_dir):
+def test_an_unscored_text_is_left_out_not_wrong(monkeypatch):
+    from tasks import scoring
+
+    items, math, _ = _scoring_items()
+    monkeypatch.setattr(scoring, "judge_answer", lambda *args: "unscored", raising=False)
+    texts = pl.DataFrame(
+        {
+            "prompt_id": [0],
+            "site": ["resid_post"],
+            "layer": [0],
+            "head": [None],
+            "text": [f"**Answer:** {math.answer}"],
+            "finish_reason": ["stop"],
+        }
+    )
+    scored = score_texts(texts, items, "demo")
+    assert scored["verdict"].to_list() == ["unscored"] and scored["correct"].to_list() == [None]
+
+
+def write_eval(tmp_path, records=None):
     from harness.flag import flag
+    from harness.summary import summarize
 
     eval_dir = tmp_path / "eval"
     eval_dir.mkdir()
-    records = canned_records()
+    records = canned_records() if records is None else records
     records.write_parquet(eval_dir / "records.parquet")
     flag(records).write_parquet(eval_dir / "flagged.parquet")
-    cfg = config(tmp_path, tiny_model_dir)
+    summarize(records, 100).write_parquet(eval_dir / "summary.parquet")
+    return eval_dir
+
+
+def test_patch_stage_on_tiny_models(tmp_path, tiny_model_dir):
+    eval_dir = write_eval(tmp_path)
+    cfg = config(tmp_path, tiny_model_dir, max_new_tokens=None)
+    cfg.eval.max_new_tokens = 3  # patched generations get the evaluation's limit
     out = tmp_path / "patch"
     said = []
     info = run_patch_stage(
@@ -215,26 +279,74 @@ def test_patch_stage_on_tiny_models(tmp_path, tiny_model_dir):
     items = pl.read_parquet(out / "prompts.parquet")
     steps = pl.read_parquet(out / "steps.parquet")
     texts = pl.read_parquet(out / "texts.parquet")
-    assert items.height == 3 and info["prompts"] == 3 and info["flagged"] == 1
-    assert texts.height == 3 * 2 and set(texts["layer"].to_list()) == {0, 3}
+    # every flagged item (3, related) and 3 controls per suite (1 related item is left)
+    assert items.height == 3 + 1 + 3 + 3 and info["prompts"] == 10 and info["flagged"] == 3
+    assert texts.height == 10 * 2 and set(texts["layer"].to_list()) == {0, 3}
     assert texts["correct"].dtype == pl.Boolean and texts["suite"].null_count() == 0
-    assert {"token", "suite", "kind", "cts"} <= set(steps.columns)
+    assert {"token", "suite", "kind", "cts", "kl_transfer"} <= set(steps.columns)
+    assert (texts["n_tokens"] == texts["token_ids"].list.len()).all()
+    assert texts["n_tokens"].max() <= 3 and info["max_new_tokens"] == 3
+    cut = texts.filter(pl.col("finish_reason") == "length")
+    assert cut.height and (cut["n_tokens"] == 3).all()  # a random model rarely stops in 3
+    assert set(cut["verdict"].to_list()) == {"truncated"} and not cut["correct"].any()
     # the same model on both sides: the models always agree, so CTS is undefined (null)
     assert steps["cts"].null_count() == steps.height
+    for name in ("table2", "cts_summary", "checks"):
+        assert (out / f"{name}.parquet").is_file()
+    table2 = pl.read_parquet(out / "table2.parquet")
+    assert {"clean", "corrupt", "patched"} == set(table2["condition"].to_list())
+    assert table2.filter(pl.col("condition") == "patched")["truncated"].sum() == cut.height
+    cts = pl.read_parquet(out / "cts_summary.parquet")
+    assert set(cts["kind"].to_list()) == {"flagged", "control"}
+    assert cts["mean_cts"].null_count() == cts.height  # never 0 where undefined
+    run = json.loads((out / "run.json").read_text())
+    assert run["max_new_tokens"] == run["eval_max_new_tokens"] == 3
+    assert {c["check"] for c in run["checks"]} == {
+        "last_layer_tokens",
+        "last_layer_generation",
+        "identity",
+    }
     # a re-run keeps the finished site instead of patching again
     said.clear()
     run_patch_stage(cfg, str(tiny_model_dir), str(tiny_model_dir), eval_dir, out, said.append)
-    assert said == ["site resid_post: complete, kept"]
+    assert said[0] == "site resid_post: complete, kept"
+    assert not any(line.startswith("site resid_post: 10 prompts") for line in said)
+
+
+def test_identity_checks_one_layer_per_site():
+    from harness.config import PatchConfig
+
+    sites = ["resid_post", "head"]
+    assert identity_targets(PatchConfig(sites=sites), 4) == [
+        ("resid_post", 2, None),
+        ("head", 2, 0),
+    ]
+    cfg = PatchConfig(sites=sites, layers=[5, 1, 3], heads=[2, 1])
+    assert identity_targets(cfg, 8) == [("resid_post", 3, None), ("head", 3, 2)]
+
+
+def test_the_reference_check_spreads_over_the_items():
+    assert spread(10, None) is None and spread(10, 10) is None and spread(3, 64) is None
+    assert spread(10, 4) == [0, 3, 6, 9] and spread(10, 1) == [0]
+    assert len(spread(300, 64)) == 64 and spread(300, 64)[-1] == 299
+
+
+def test_a_smaller_patch_token_limit_is_said(tmp_path, tiny_model_dir):
+    eval_dir = write_eval(tmp_path)
+    cfg = config(tmp_path, tiny_model_dir, max_new_tokens=2, layers=[0], identity_check=False)
+    said = []
+    run_patch_stage(
+        cfg, str(tiny_model_dir), str(tiny_model_dir), eval_dir, tmp_path / "p", said.append
+    )
+    assert "patched generations are limited to 2 tokens, the evaluation's to 512" in said[0]
+    run = json.loads((tmp_path / "p" / "run.json").read_text())
+    assert (run["max_new_tokens"], run["eval_max_new_tokens"]) == (2, 512)
+    assert "identity" not in {c["check"] for c in run["checks"]}
 
 
 def test_patch_stage_without_items_writes_empty_tables(tmp_path, tiny_model_dir):
-    eval_dir = tmp_path / "eval"
-    eval_dir.mkdir()
-    from harness.flag import flag
-
-    records = canned_records().with_columns(correct=False)  # nothing flagged, no control
-    records.write_parquet(eval_dir / "records.parquet")
-    flag(records).write_parquet(eval_dir / "flagged.parquet")
+    records = canned_records().with_columns(correct=False, verdict=pl.lit("wrong"))
+    eval_dir = write_eval(tmp_path, records)  # nothing flagged, no control
     info = run_patch_stage(
         config(tmp_path),
         str(tiny_model_dir),
@@ -245,6 +357,9 @@ def test_patch_stage_without_items_writes_empty_tables(tmp_path, tiny_model_dir)
     )
     assert info["prompts"] == 0
     assert pl.read_parquet(tmp_path / "patch" / "steps.parquet").is_empty()
+    table2 = pl.read_parquet(tmp_path / "patch" / "table2.parquet")
+    assert set(table2["condition"].to_list()) == {"clean", "corrupt"}  # the evaluation's rows
+    assert pl.read_parquet(tmp_path / "patch" / "cts_summary.parquet").is_empty()
 
 
 def test_report_cli_names_a_missing_run_in_one_line(tmp_path):

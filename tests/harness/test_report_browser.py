@@ -66,5 +66,6 @@ def test_every_heatmap_is_drawn_by_plotly_offline(tmp_path, report):
     done = chromium(tmp_path, report, "--dump-dom", "--virtual-time-budget=5000")
     dom = done.stdout
     assert "CMAP report" in dom
-    # two heatmap traces (grey undefined layer + CTS) per patched prompt, 6 prompts
-    assert dom.count('class="hm"') == 12, done.stderr[-2000:]
+    # two heatmap traces (grey undefined layer + CTS) per example prompt (3 of each kind x
+    # suite: 12), and the CTS summary heatmap
+    assert dom.count('class="hm"') >= 2 * 12 + 1, done.stderr[-2000:]
