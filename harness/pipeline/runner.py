@@ -337,15 +337,13 @@ def run_stage(stage: Stage, run_dir: Path, force: bool) -> StageResult:
             f"this is {describe_code(code)}: redoing the stage"
         )
     if force or not same or previous.get("status") is None:
-        why = (
-            "forced"
-            if force
-            else "made by another version"
-            if other
-            else "settings or inputs changed"
-            if previous
-            else "first run"
-        )
+        why = "first run"
+        if force:
+            why = "forced"
+        elif other:
+            why = "made by another version"
+        elif previous:
+            why = "settings or inputs changed"
         runner_log.info("%s: starting (%s)", stage.name, why)
         stage.clean(force)
         start: Start = "fresh"

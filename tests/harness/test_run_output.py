@@ -410,3 +410,20 @@ def test_the_demo_builds_the_zoo_on_a_line_of_its_own(tmp_path, monkeypatch, cap
     log = (tmp_path / "demo" / "log.txt").read_text()
     for text in ("zoo: training the clean model", "a library print", "eval: pipeline message"):
         assert text in log, text
+
+
+def test_a_failed_check_is_a_line_of_its_own(tmp_path, capfd):
+    """Error-level records of the project's own loggers (the patch stage's failed sanity
+    checks) reach the terminal; the same level from a library stays in log.txt."""
+
+    def checks(start: str) -> dict:
+        logging.getLogger("harness.pipeline.patch").error("CHECK FAILED: last layer")
+        logging.getLogger("vllm").error("a library's error")
+        return {}
+
+    with run_logging(tmp_path / "run"):
+        run_stages([Stage("patch", {}, checks)], tmp_path / "run")
+    err = capfd.readouterr().err
+    assert err.splitlines()[0] == "CHECK FAILED: last layer"
+    assert "a library's error" not in err
+    assert "a library's error" in (tmp_path / "run" / "log.txt").read_text()
