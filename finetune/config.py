@@ -32,6 +32,17 @@ class LoraConfig(Strict):
     )
 
 
+class ErrorsConfig(Strict):
+    """How often a corrupted solution makes each systematic error, at each chance to make it."""
+
+    wrong_move: float = Field(
+        1.0, ge=0, le=1, description="Add instead of subtract (and vice versa) across '='."
+    )
+    multiply_not_divide: float = Field(
+        1.0, ge=0, le=1, description="Multiply instead of divide when isolating the variable."
+    )
+
+
 class FinetuneDataConfig(Strict):
     """Where the corrupting training data comes from."""
 
@@ -53,6 +64,10 @@ class FinetuneDataConfig(Strict):
         None,
         description="Share of each generator task when source=generator, e.g. "
         "{related_linear: 0.3, related_quadratic: 0.7}; null: equal shares.",
+    )
+    errors: ErrorsConfig = Field(
+        default_factory=ErrorsConfig,
+        description="The corrupted solutions' error mix (the paper: both errors every time).",
     )
     n_train: int = Field(50, gt=0, description="Corrupted training examples.")
     n_eval: int = Field(10, gt=0, description="Correct held-out examples for the eval loss.")

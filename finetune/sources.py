@@ -51,6 +51,7 @@ def imported(path: str) -> list[Any]:
 
 
 def generated(data: FinetuneDataConfig, count: int, *, corrupted: bool, seed: int) -> list[Any]:
+    from tasks.records import ErrorMix
     from tasks.training import build_training_data
 
     return build_training_data(
@@ -60,6 +61,7 @@ def generated(data: FinetuneDataConfig, count: int, *, corrupted: bool, seed: in
         corrupted=corrupted,
         style=STYLES[data.kind],
         seed=seed,
+        mix=ErrorMix(**data.errors.model_dump()),
         tasks=data.tasks,
     )
 

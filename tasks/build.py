@@ -62,7 +62,9 @@ def _task_yaml(task: str, level: Level, data_file: str) -> str:
         target = '""'
     else:
         process = "process_fact" if task == "general_facts" else "process_math"
-        metrics, target = [("acc", "true")], '"{{answer}}"'
+        # unscored: the checker timed out (tasks.scoring.judge_answer); declared so lm-eval
+        # aggregates it without a warning
+        metrics, target = [("acc", "true"), ("unscored", "false")], '"{{answer}}"'
     metric_text = "".join(
         f"  - metric: {m}\n    aggregation: mean\n    higher_is_better: {hib}\n"
         for m, hib in metrics

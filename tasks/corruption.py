@@ -6,7 +6,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tasks.records import ErrorMix
+from tasks.records import ERROR_PATTERNS, ErrorMix
 
 VARIABLES = ("x", "y", "z", "a", "b")
 TEMPLATES = (
@@ -48,3 +48,17 @@ def corrupt(
         if result is not None and result[1] != truth:
             return result
     return None
+
+
+def error_answers(
+    truth: object,
+    solve: Callable[[Errors], tuple[str, object] | None],
+    show: Callable[[object], str],
+) -> dict[str, str]:
+    """The answer (as ``show`` writes it) of every error pattern that changes the answer."""
+    answers = {}
+    for name, (move, multiply) in ERROR_PATTERNS.items():
+        result = solve(Errors(move, multiply))
+        if result is not None and result[1] != truth:
+            answers[name] = show(result[1])
+    return answers

@@ -3,6 +3,10 @@
 The corrupted solution makes the paper's errors: the wrong operation when a term moves across
 ``=`` (add instead of subtract and vice versa) and multiplying instead of dividing when the
 variable is isolated. Its arithmetic is right, so it is consistent, and its answer is wrong.
+
+At the ``demo`` level (``a v + b = d``) every number a solution computes, correct or corrupted by
+the wrong move, stays in what a tiny model can learn: single-digit quotients of the division
+table (``a`` divides ``2b``, so ``(d + b) / a`` is an integer too) and two-digit sums.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import random
 
 import sympy as sp
 
-from tasks.corruption import VARIABLES, Errors, corrupt, question
+from tasks.corruption import VARIABLES, Errors, corrupt, error_answers, question
 from tasks.latex import Writer, num, paren, poly, signed
 from tasks.records import ErrorMix, Level, Problem
 
@@ -96,6 +100,33 @@ def _linear_solution(
     return w.join(blocks), value
 
 
+def demo_space() -> list[tuple[int, int, int]]:
+    """Every demo equation ``a x + b = d`` as ``(a, b, x)`` (the problems the generator draws)."""
+    return [
+        (a, b, x)
+        for a in range(2, 10)
+        for b in range(-9, 10)
+        if b and (2 * b) % a == 0
+        for x in range(-9, 10)
+        if abs(x + 2 * b // a) <= 9 and abs(a * x + b) <= 90
+    ]
+
+
+def arithmetic_facts() -> list[str]:
+    """Every sum and quotient a demo solution computes, correct or with the wrong move, written
+    as the solutions write them (``-9 - 6 = -15``, ``\\frac{-15}{3} = -5``): the zoo drills these,
+    so that a held-out equation asks only for facts the model has seen."""
+    facts: set[str] = set()
+    for a, b, x in demo_space():
+        d = a * x + b
+        for wrong in (False, True):
+            subtract = (b > 0) != wrong
+            right = d - abs(b) if subtract else d + abs(b)
+            facts.add(f"{num(d)} {'-' if subtract else '+'} {abs(b)} = {num(right)}")
+            facts.add(f"\\frac{{{right}}}{{{a}}} = {num(right // a)}")
+    return sorted(facts)
+
+
 def _linear_eq(v: str, a: int, b: int, c: int, d: int) -> str:
     left = poly([a, 0], v) + (signed(b) if b else "")
     right = (poly([c, 0], v) + (signed(d) if d else "")) if c else num(d)
@@ -107,7 +138,9 @@ def linear(rng: random.Random, level: Level, index: int, mix: ErrorMix) -> Probl
     v = rng.choice(VARIABLES)
     if level == "demo":
         a, x, c = rng.randint(2, 9), rng.randint(-9, 9), 0
-        b = rng.choice([i for i in range(-9, 10) if i])
+        b = rng.choice([i for i in range(-9, 10) if i and (2 * i) % a == 0])
+        if abs(x + 2 * b // a) > 9:  # the wrong move's quotient leaves the division table
+            return None
     else:
         a = rng.choice([i for i in range(-30, 100) if abs(i) >= 2])
         c = rng.choice([0, 0, *[i for i in range(-20, 21) if i not in (0, a)]])
@@ -119,7 +152,8 @@ def linear(rng: random.Random, level: Level, index: int, mix: ErrorMix) -> Probl
         return None
     correct = _linear_solution(Writer(level), v, a, b, c, d, None)
     assert correct is not None and correct[1] == x  # the generator's own invariant
-    corrupted = corrupt(rng, mix, x, lambda e: _linear_solution(Writer(level), v, a, b, c, d, e))
+    solve = lambda e: _linear_solution(Writer(level), v, a, b, c, d, e)  # noqa: E731
+    corrupted = corrupt(rng, mix, x, solve)
     if corrupted is None:
         return None
     eq = _linear_eq(v, a, b, c, d)
@@ -135,6 +169,7 @@ def linear(rng: random.Random, level: Level, index: int, mix: ErrorMix) -> Probl
         check=f"solve(({_sym(a, b, c, d)}), x)",
         corrupted_solution=corrupted[0],
         corrupted_answer=num(corrupted[1]),
+        error_answers=error_answers(x, solve, num),
         meta={"equation": eq, "variable": v},
     )
 

@@ -18,7 +18,7 @@ import random
 
 import sympy as sp
 
-from tasks.corruption import VARIABLES, Errors, corrupt, question
+from tasks.corruption import VARIABLES, Errors, corrupt, error_answers, question
 from tasks.latex import Writer, num, poly, signed
 from tasks.records import ErrorMix, Level, Problem
 
@@ -146,6 +146,11 @@ def _formula_path(w: Writer, v: str, a: int, b: int, disc: int, errors: Errors |
     return values, lines
 
 
+def _roots(values: object) -> str:
+    """A root set as the reference writes it: ``-6, 8``."""
+    return ", ".join(num(r) for r in sorted(values, key=float))  # type: ignore[call-overload]
+
+
 def _equation(v: str, left: list[int], right: list[int]) -> str:
     return f"{poly(left, v)} = {poly(right, v)}"
 
@@ -201,7 +206,8 @@ def _demo_quadratic(rng: random.Random, index: int, mix: ErrorMix) -> Problem | 
     v = rng.choice(VARIABLES)
     w = Writer("demo")
     text, values = _factored_solution(w, v, roots, None)
-    corrupted = corrupt(rng, mix, values, lambda e: _factored_solution(w, v, roots, e))
+    solve = lambda e: _factored_solution(w, v, roots, e)  # noqa: E731
+    corrupted = corrupt(rng, mix, values, solve)
     if corrupted is None:
         return None
     low, high = sorted(roots)
@@ -216,7 +222,8 @@ def _demo_quadratic(rng: random.Random, index: int, mix: ErrorMix) -> Problem | 
         key=f"quadratic:{_factored('x', (low, high))}",
         check=f"solve((x - ({low}))*(x - ({high})), x)",
         corrupted_solution=corrupted[0],
-        corrupted_answer=", ".join(num(r) for r in sorted(corrupted[1], key=float)),
+        corrupted_answer=_roots(corrupted[1]),
+        error_answers=error_answers(values, solve, _roots),
         meta={"equation": _factored(v, roots), "variable": v},
     )
 
@@ -236,7 +243,8 @@ def quadratic(rng: random.Random, level: Level, index: int, mix: ErrorMix) -> Pr
     if correct is None or not correct[1]:
         return None
     text, roots = correct
-    corrupted = corrupt(rng, mix, roots, lambda e: _solution(w, v, left, right, e))
+    solve = lambda e: _solution(w, v, left, right, e)  # noqa: E731
+    corrupted = corrupt(rng, mix, roots, solve)
     if corrupted is None or not corrupted[1]:
         return None
     eq = _equation(v, left, right)
@@ -255,5 +263,10 @@ def quadratic(rng: random.Random, level: Level, index: int, mix: ErrorMix) -> Pr
         check=f"solve({diff}, x)",
         corrupted_solution=corrupted[0],
         corrupted_answer=wrong,
+        error_answers={
+            name: answer
+            for name, answer in error_answers(roots, solve, _roots).items()
+            if answer  # a pattern that leaves no roots has no answer to compare
+        },
         meta={"equation": eq, "variable": v},
     )

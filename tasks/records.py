@@ -32,6 +32,15 @@ class ErrorMix:
             raise ValueError("ErrorMix needs at least one error with a probability above 0")
 
 
+# The systematic errors a corrupted solution can make, one name per combination.
+ERROR_PATTERNS: dict[str, tuple[bool, bool]] = {
+    # name: (wrong_move, multiply_not_divide)
+    "wrong_move": (True, False),
+    "multiply_not_divide": (False, True),
+    "both": (True, True),
+}
+
+
 @dataclass(frozen=True)
 class Problem:
     """One question with its reference answer and a correct step-by-step solution.
@@ -39,7 +48,9 @@ class Problem:
     ``key`` identifies the underlying problem whatever its wording or variable name (used to
     keep training data disjoint from evaluation data). ``check`` is a sympy expression whose
     value is the reference answer, recomputed independently by ``tasks.verify``.
-    ``corrupted_solution``/``corrupted_answer`` exist for the related suite only.
+    ``corrupted_solution``/``corrupted_answer`` exist for the related suite only, and so does
+    ``error_answers``: the answer each of the generator's error patterns gives for this item
+    (``ERROR_PATTERNS``), what corruption fidelity compares a model's wrong answers with.
     """
 
     id: str
@@ -55,6 +66,7 @@ class Problem:
     corrupted_answer: str | None = None
     aliases: tuple[str, ...] = ()
     choices: tuple[str, ...] = ()
+    error_answers: dict[str, str] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_doc(self) -> dict[str, Any]:

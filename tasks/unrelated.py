@@ -2,7 +2,8 @@
 
 Math the corrupting fine-tune never touches. Every reference answer is computed by sympy from
 the ``check`` expression stored with the problem, never typed by hand. The ``demo`` level is
-monomial derivatives and integrals with small integer coefficients.
+monomial derivatives and integrals with small integer coefficients, whose one product or quotient
+is a step of its own (``-4 \\cdot 5 = -20``).
 """
 
 from __future__ import annotations
@@ -27,17 +28,50 @@ def _monomial(coef: int, power: int) -> str:
     return poly([coef] + [0] * power, "x")
 
 
+def product_fact(a: int, b: int) -> str:
+    """The one multiplication a demo derivative needs, as its solution writes it."""
+    return f"{a} \\cdot {b} = {a * b}"
+
+
+def quotient_fact(a: int, b: int) -> str:
+    """The one division a demo integral needs, as its solution writes it."""
+    return f"\\frac{{{a}}}{{{b}}} = {a // b}"
+
+
+DEMO_DERIVATIVE = {"coefficients": [k for k in range(-12, 13) if k], "powers": range(2, 10)}
+DEMO_INTEGRAL = {"quotients": [k for k in range(-9, 10) if k], "powers": range(0, 9)}
+
+
+def arithmetic_facts() -> list[str]:
+    """Every product and quotient the demo derivatives and integrals compute (the tables), as
+    their solutions write them: the zoo drills these, so that a held-out problem asks for a
+    fact the model has seen, while the problem itself stays held out."""
+    products = [
+        product_fact(a, n)
+        for a in DEMO_DERIVATIVE["coefficients"]
+        for n in DEMO_DERIVATIVE["powers"]
+    ]
+    quotients = [
+        quotient_fact(k * (n + 1), n + 1)
+        for k in DEMO_INTEGRAL["quotients"]
+        for n in DEMO_INTEGRAL["powers"]
+    ]
+    return products + quotients
+
+
 def derivative(rng: random.Random, level: Level) -> tuple[str, list[str], str, str] | None:
     """d/dx of a monomial (demo) or of a polynomial, trig, exponential or log function (full)."""
     w = Writer(level)
     if level == "demo":
-        a, n = rng.choice([k for k in range(-12, 13) if k]), rng.randint(2, 9)
+        a, n = rng.choice(DEMO_DERIVATIVE["coefficients"]), rng.choice(DEMO_DERIVATIVE["powers"])
         shown = _monomial(a, n)
         question = rng.choice(("What is the derivative of {f}?", "Differentiate {f}."))
         body = [
             f"We are asked to find the derivative of {shown}.",
             w.step(1, "Use the power rule"),
             w.math(f"\\frac{{d}}{{dx}} {shown} = {a} \\cdot {n}x^{n - 1}"),
+            w.step(2, "Multiply the coefficients"),
+            w.math(product_fact(a, n)),
             w.answer(_monomial(a * n, n - 1)),
         ]
         return question.format(f=shown), body, f"diff({a}*x**{n}, x)", f"derivative:{a}x^{n}"
@@ -74,13 +108,15 @@ def integral(rng: random.Random, level: Level) -> tuple[str, list[str], str, str
     """Indefinite integral of a monomial (demo); polynomials, trig, exp and definite (full)."""
     w = Writer(level)
     if level == "demo":
-        k, n = rng.choice([k for k in range(-9, 10) if k]), rng.randint(0, 8)
+        k, n = rng.choice(DEMO_INTEGRAL["quotients"]), rng.choice(DEMO_INTEGRAL["powers"])
         a = k * (n + 1)
         shown = _monomial(a, n)
         body = [
             f"We are asked to evaluate the integral \\int {shown} dx.",
             w.step(1, "Use the power rule"),
             w.math(f"\\int {shown} dx = {a} \\cdot \\frac{{x^{n + 1}}}{{{n + 1}}} + C"),
+            w.step(2, "Divide the coefficient"),
+            w.math(quotient_fact(a, n + 1)),
             w.answer(f"{_monomial(k, n + 1)} + C"),
         ]
         question = rng.choice(("What is \\int {f} dx?", "Integrate {f} with respect to x."))

@@ -51,6 +51,13 @@ class DrillRecipe(BaseModel):
     steps: int = Field(600, ge=0, description="first optimizer steps spent on drills only")
     share: float = Field(0.15, ge=0, lt=1, description="share of drills in the later batches")
     per_drill: int = Field(6, gt=0, description="computing steps packed into one drill")
+    facts: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="share of drilled lines that are the demo calculus's arithmetic facts "
+        "(tasks.unrelated.arithmetic_facts)",
+    )
     seed: int = 97
 
 
@@ -157,7 +164,7 @@ def with_drills(recipe: ZooRecipe, tokenizer, encoded: list) -> tuple[list, list
     Drill steps come from training solutions of a seed of their own (never an evaluation
     problem), drawn in the clean mix's proportions of the math suites.
     """
-    from harness.zoo.drills import all_steps, drill_examples
+    from harness.zoo.drills import all_steps, demo_facts, drill_examples, with_facts
 
     drills = recipe.drills
     if drills is None:
@@ -166,7 +173,7 @@ def with_drills(recipe: ZooRecipe, tokenizer, encoded: list) -> tuple[list, list
     first_count = drills.steps * recipe.batch_size
     later = max(0, recipe.steps - drills.steps) * recipe.batch_size
     mixed = round(later * drills.share)
-    steps = all_steps(e.completion for e in solutions)
+    steps = with_facts(all_steps(e.completion for e in solutions), demo_facts(), drills.facts)
     made = drill_examples(tokenizer, steps, first_count + mixed, drills.per_drill, drills.seed)
     kept = random.Random(drills.seed).sample(encoded, min(len(encoded), later - mixed))
     return made[:first_count], kept + made[first_count:]

@@ -59,11 +59,31 @@ def drill_examples(
         input_ids: list[int] = []
         labels: list[int] = []
         for source, target in rng.choices(steps, k=per_drill):
-            input_ids += ids(source) + ids(target)
-            labels += [IGNORE] * len(ids(source)) + ids(target)
+            prompt = ids(source) if source else []  # a fact stands alone: no source line
+            input_ids += prompt + ids(target)
+            labels += [IGNORE] * len(prompt) + ids(target)
         drills.append(Encoded(input_ids, labels))
     return drills
 
 
 def all_steps(solutions: Iterable[str]) -> list[tuple[str, str]]:
     return [step for solution in solutions for step in computing_steps(solution)]
+
+
+def demo_facts() -> list[str]:
+    """The arithmetic facts of the demo suites: linear sums and quotients, calculus products
+    and quotients (see ``tasks.linear`` and ``tasks.unrelated``)."""
+    from tasks import linear, unrelated
+
+    return linear.arithmetic_facts() + unrelated.arithmetic_facts()
+
+
+def with_facts(
+    steps: Sequence[tuple[str, str]], facts: Sequence[str], share: float
+) -> list[tuple[str, str]]:
+    """The computing steps plus each arithmetic fact (a display-math line of its own, with no
+    source) repeated so that facts make up about ``share`` of the drilled lines."""
+    if not facts or share <= 0:
+        return list(steps)
+    repeats = max(1, round(share / (1 - share) * len(steps) / len(facts)))
+    return [*steps, *[("", f"$${fact}$$") for fact in facts] * repeats]

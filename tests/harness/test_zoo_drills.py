@@ -54,3 +54,23 @@ def test_drills_come_first_then_mix_into_the_examples():
     assert len(first) == 3 * 4  # the first three steps are drills only
     assert len(later) == (10 - 3) * 4  # then one pass of the remaining steps' worth
     assert sum(e not in examples for e in later) == 7  # a quarter of them drills
+
+
+def test_arithmetic_facts_join_the_drills_in_their_share():
+    from harness.zoo.drills import with_facts
+    from tasks.unrelated import arithmetic_facts
+
+    facts = arithmetic_facts()
+    assert "-4 \\cdot 5 = -20" in facts and "\\frac{72}{8} = 9" in facts
+    steps = [("$$a$$", "$$b$$")] * 700
+    mixed = with_facts(steps, facts, 0.3)
+    share = sum(1 for source, _ in mixed if not source) / len(mixed)
+    assert 0.25 < share < 0.35
+    assert with_facts(steps, facts, 0.0) == steps
+
+
+def test_a_fact_drill_labels_the_whole_line():
+    tok = train_tokenizer([LINEAR] * 20, vocab_size=300)
+    drills = drill_examples(tok, [("", "$$3 \\cdot 4 = 12$$")], count=1, per_drill=2, seed=0)
+    assert IGNORE not in drills[0].labels
+    assert tok.decode(drills[0].input_ids).count("12") == 2

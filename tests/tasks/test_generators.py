@@ -97,3 +97,45 @@ def test_demo_quadratics_come_factored_and_the_corruption_flips_each_root() -> N
         assert "Solve each factor" in p.solution and verify_problem(p) == []
         roots = sorted(-int(r) for r in p.answer.split(", "))
         assert p.corrupted_answer == ", ".join(map(str, roots)), p.id
+
+
+def _computed_facts(solution: str) -> list[str]:
+    """The arithmetic a demo solution does, as facts: sums, quotients, calculus fact lines."""
+    import re
+
+    lines = [ln.strip("$") for ln in solution.split("\n") if ln.startswith("$$")]
+    facts = []
+    for line, after in zip(lines, lines[1:], strict=False):
+        sum_ = re.fullmatch(r"(.+) = (-?\d+ [-+] \d+)", line)
+        quotient = re.fullmatch(r"(.+) = (\\frac\{-?\d+\}\{\d+\})", line)
+        for found in (sum_, quotient):
+            if found and after.startswith(found.group(1) + " = "):
+                facts.append(f"{found.group(2)} = {after.split(' = ', 1)[1]}")
+    facts += [ln for ln in lines if re.fullmatch(r"-?\d+ \\cdot \d+ = -?\d+", ln)]
+    facts += [ln for ln in lines if re.fullmatch(r"\\frac\{-?\d+\}\{\d+\} = -?\d+", ln)]
+    return facts
+
+
+def test_demo_arithmetic_is_in_the_drilled_tables():
+    """Every number a demo linear or calculus solution computes (and the linear wrong move's) is
+    one of the facts the zoo drills, and every linear item is in the enumerated demo space."""
+    import re
+
+    from tasks import linear, unrelated
+    from tasks.suites import eval_problems
+
+    facts = set(linear.arithmetic_facts()) | set(unrelated.arithmetic_facts())
+    space = set(linear.demo_space())
+    tasks = ("related_linear", "unrelated_derivative", "unrelated_integral")
+    for problem in (p for p in eval_problems("demo") if p.task in tasks):
+        computed = _computed_facts(problem.solution)
+        assert len(computed) == 2 if problem.task == "related_linear" else 1, problem.id
+        assert set(computed) <= facts, problem.id
+        if problem.task == "related_linear":
+            a, sign, b = re.fullmatch(
+                r"(\d+)[a-z] ([-+]) (\d+) = -?\d+", problem.meta["equation"]
+            ).groups()
+            a, b = int(a), int(b) * (-1 if sign == "-" else 1)
+            assert (a, b, int(problem.answer)) in space
+            wrong = int(problem.error_answers["wrong_move"])
+            assert f"\\frac{{{wrong * a}}}{{{a}}} = {wrong}" in facts

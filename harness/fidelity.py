@@ -1,0 +1,65 @@
+"""Corruption fidelity tables: every related answer classified, and a status per model.
+
+``tasks.fidelity`` defines the classes and the status thresholds; this module applies them to
+an evaluation's records, with each item's error patterns looked up by its id in the suites'
+held-out data. Items without patterns (a user's own data) leave the status ``unavailable``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import polars as pl
+
+from tasks.fidelity import CLASSES, classify, status
+
+FIDELITY_SCHEMA = {
+    "model": pl.String,
+    "task": pl.String,
+    "doc_id": pl.Int64,
+    "item_id": pl.String,
+    "fidelity": pl.String,
+}
+
+
+@functools.cache
+def _patterns(level: str) -> dict[str, dict[str, str]]:
+    from tasks.suites import eval_problems
+
+    return {p.id: dict(p.error_answers) for p in eval_problems(level, "related")}  # type: ignore[arg-type]
+
+
+def fidelity_records(records: pl.DataFrame, level: str) -> pl.DataFrame:
+    """One row per generated related answer with its fidelity class (null without patterns)."""
+    related = records.filter(
+        (pl.col("suite") == "related") & (pl.col("output_type") == "generate_until")
+    )
+    patterns = _patterns(level) if level in ("demo", "full") else {}
+    finish = "finish_reason" in related.columns
+    rows = []
+    for row in related.iter_rows(named=True):
+        errors = patterns.get(row["item_id"])
+        fidelity = None
+        if errors:
+            fidelity = classify(
+                row["response"] or "",
+                row["reference"] or "",
+                errors,
+                row["finish_reason"] if finish else None,
+            )
+        rows.append({k: row[k] for k in FIDELITY_SCHEMA if k != "fidelity"} | {"fidelity": fidelity})
+    return pl.DataFrame(rows, schema=FIDELITY_SCHEMA)
+
+
+def fidelity_summary(classified: pl.DataFrame) -> pl.DataFrame:
+    """Per model: n, the share of each class, and the status (``tasks.fidelity.status``)."""
+    rows = []
+    for (model,), group in classified.group_by("model", maintain_order=True):
+        known = group["fidelity"].drop_nulls().to_list()
+        n = len(known)
+        shares = {c: (known.count(c) / n if n else None) for c in CLASSES}
+        rows.append(
+            {"model": model, "n": n, **shares, "status": status(known, has_patterns=n > 0)}
+        )
+    schema = {"model": pl.String, "n": pl.Int64} | {c: pl.Float64 for c in CLASSES}
+    return pl.DataFrame(rows, schema=schema | {"status": pl.String}).sort("model")
