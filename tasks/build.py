@@ -37,6 +37,7 @@ def _doc(problem: Problem) -> dict[str, Any]:
     doc["solution"] = problem.solution
     if problem.suite == "related":
         doc["corrupted_answer"] = problem.corrupted_answer
+        doc["error_answers"] = dict(problem.error_answers)  # what corruption fidelity compares
     return doc
 
 
