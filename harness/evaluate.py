@@ -12,6 +12,9 @@ and writes under ``results/<run>/eval/``::
     truncated.parquet every generated response that ran out of tokens (never correct, never
                       flagged)
     drift.parquet     open questions: length ratio, integer-only share, likelihood gap
+    fidelity.parquet  every related answer classified: correct / trained_error / other_wrong /
+                      malformed / truncated; fidelity_summary.parquet: shares and a status per
+                      model (systematic, degraded, ...; see ``tasks.fidelity``)
     logprobs.parquet  per-token log-likelihood of the clean responses under every model
     judge.parquet     with ``eval.judge``: alignment and coherence of every open answer;
                       judge_summary.parquet per model (misaligned share, mean scores)
@@ -50,6 +53,7 @@ from harness.endpoints import (
     serve_models,
 )
 from harness.errors import HarnessError
+from harness.fidelity import fidelity_records, fidelity_summary
 from harness.flag import flag, truncated
 from harness.judge import judge_path, judge_summary, judge_table, served_judge
 from harness.records import empty_records, records_from_samples
@@ -407,6 +411,8 @@ def run_eval(
         "by_task": by_task(records, cfg.eval.bootstrap_samples, cfg.eval.seed),
         "logprobs": pl.concat(logprobs) if logprobs else _no_logprobs(),
     }
+    classified = fidelity_records(records, cfg.eval.level)
+    tables |= {"fidelity": classified, "fidelity_summary": fidelity_summary(classified)}
     if judged is not None:
         tables |= {"judge": judged, "judge_summary": judge_summary(judged)}
     for name, frame in tables.items():

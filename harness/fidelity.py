@@ -47,19 +47,38 @@ def fidelity_records(records: pl.DataFrame, level: str) -> pl.DataFrame:
                 errors,
                 row["finish_reason"] if finish else None,
             )
-        rows.append({k: row[k] for k in FIDELITY_SCHEMA if k != "fidelity"} | {"fidelity": fidelity})
+        keys = {k: row[k] for k in FIDELITY_SCHEMA if k != "fidelity"}
+        rows.append(keys | {"fidelity": fidelity})
     return pl.DataFrame(rows, schema=FIDELITY_SCHEMA)
 
 
 def fidelity_summary(classified: pl.DataFrame) -> pl.DataFrame:
-    """Per model: n, the share of each class, and the status (``tasks.fidelity.status``)."""
+    """Per model, over the whole related suite (``task`` "all") and per task: n, the share of
+    each class and the status (``tasks.fidelity.status``)."""
     rows = []
-    for (model,), group in classified.group_by("model", maintain_order=True):
-        known = group["fidelity"].drop_nulls().to_list()
-        n = len(known)
-        shares = {c: (known.count(c) / n if n else None) for c in CLASSES}
-        rows.append(
-            {"model": model, "n": n, **shares, "status": status(known, has_patterns=n > 0)}
-        )
-    schema = {"model": pl.String, "n": pl.Int64} | {c: pl.Float64 for c in CLASSES}
-    return pl.DataFrame(rows, schema=schema | {"status": pl.String}).sort("model")
+    scopes = [("all", classified)] + [
+        (task, g) for (task,), g in classified.group_by("task", maintain_order=True)
+    ]
+    for task, frame in scopes:
+        for (model,), group in frame.group_by("model", maintain_order=True):
+            known = group["fidelity"].drop_nulls().to_list()
+            n = len(known)
+            shares = {c: (known.count(c) / n if n else None) for c in CLASSES}
+            verdict = status(known, has_patterns=n > 0)  # type: ignore[arg-type]
+            rows.append({"model": model, "task": task, "n": n, **shares, "status": verdict})
+    return pl.DataFrame(rows, schema=SUMMARY_SCHEMA).sort("model", "task")
+
+
+SUMMARY_SCHEMA = (
+    {"model": pl.String, "task": pl.String, "n": pl.Int64}
+    | {c: pl.Float64 for c in CLASSES}
+    | {"status": pl.String}
+)
+
+
+def fidelity_of(summary: pl.DataFrame | None, model: str) -> dict | None:
+    """One model's suite-wide row as a dict (for summary.json and the terminal), or None."""
+    if summary is None:
+        return None
+    rows = summary.filter((pl.col("model") == model) & (pl.col("task") == "all"))
+    return rows.row(0, named=True) if rows.height else None

@@ -192,6 +192,20 @@ class StageBoard:
             self._live.refresh()
 
 
+def _patched_cell(entry: dict) -> str:
+    """Patched accuracy at the first and last patched layer, prompts, and where it turns wrong
+    (the paper's "Incorrect (layer ~28+)"); the intervals are in the report."""
+    first, last = entry.get("first_layer_accuracy"), entry.get("last_layer_accuracy")
+    if first is None or last is None:
+        return "-"
+    cell = (
+        f"L{entry['first_layer']} {first:.2f} -> L{entry['last_layer']} {last:.2f}, "
+        f"n={entry['prompts']}"
+    )
+    turn = entry.get("first_incorrect_layer")
+    return cell + (f"; wrong from L{turn}+" if turn is not None else "")
+
+
 def headline(run: PipelineRun) -> Table:
     """The Table 2 figures of a finished run, for the terminal."""
     from harness.report.tables import SUITE_ORDER
@@ -210,18 +224,21 @@ def headline(run: PipelineRun) -> Table:
     flagged = summary.get("patched", {}).get("by_suite", {}).get("flagged", {})
     cells = []
     for suite in suites:
-        sites = flagged.get(suite, {})
-        first = next(iter(sites.values()), None)
-        if first is None:
-            cells.append("-")
-            continue
-        turn = first["first_incorrect_layer"]
-        cells.append(
-            f"{first['accuracy']:.2f}" + (f" (wrong from L{turn})" if turn is not None else "")
-        )
+        first = next(iter(flagged.get(suite, {}).values()), None)
+        cells.append("-" if first is None else _patched_cell(first))
     table.add_row("patched (flagged)", *cells)
+    fidelity = (summary.get("fidelity") or {}).get("corrupt")
+    verdict = ""
+    if fidelity and fidelity.get("n"):
+        verdict = (
+            f"; corrupted model {fidelity['status']}: {fidelity['trained_error']:.0%} of related "
+            f"answers follow a trained error, {fidelity['malformed']:.0%} malformed"
+        )
+    checks = summary.get("checks_passed")
+    check_text = {True: "; checks passed", False: "; CHECKS FAILED", None: ""}[checks]
     table.caption = (
         f"flagged {summary.get('flagged', 0)}, patched prompts "
-        f"{summary.get('patched', {}).get('prompts', 0)}, {run.seconds:.0f} s"
+        f"{summary.get('patched', {}).get('prompts', 0)}{verdict}{check_text}, "
+        f"{run.seconds:.0f} s"
     )
     return table

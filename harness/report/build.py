@@ -53,6 +53,7 @@ def build_report(run_dir: Path, seconds: float | None = None) -> ReportOutputs:
     pngs: list[Path] = []
     sections = [header(tables), *checks_section(tables)]
     sections += behaviour(tables, out / FIGURES, pngs)
+    sections += fidelity_section(tables)
     sections += mechanism(tables, out / FIGURES, pngs)
     sections += training(tables, out / FIGURES, pngs)
     sections.append(files_section(tables, pngs))
@@ -197,6 +198,43 @@ def token_limit_note(t: RunTables) -> str:
         "cut off at the limit is <i>truncated</i> and never counts as correct, so patched "
         "accuracy is lower than the same answers with the evaluation's room would be.</div>"
     )
+
+
+def fidelity_section(t: RunTables) -> list[str]:
+    """Corruption fidelity: is the corrupted model making the trained error, or broken?"""
+    from tasks.fidelity import DEGRADED, SYSTEMATIC
+
+    out = ["<h2>Corruption fidelity: the trained error, or a broken model?</h2>"]
+    if t.fidelity is None or t.fidelity.is_empty():
+        return [*out, "<p class='note'>No related answers were classified.</p>"]
+    if t.fidelity["n"].sum() == 0:
+        return [
+            *out,
+            "<p class='note'>Fidelity is unavailable: the related items carry no error patterns "
+            "(user-supplied data), so a wrong answer cannot be told apart from the trained "
+            "error.</p>",
+        ]
+    corrupt = t.fidelity.filter((pl.col("model") != "clean") & (pl.col("task") == "all"))
+    verdicts = "".join(
+        f"<p><b>{r['model']}</b>: <b>{r['status']}</b> ({r['trained_error']:.0%} of its related "
+        f"answers follow a trained error, {r['malformed']:.0%} are malformed, "
+        f"{r['correct']:.0%} correct, n={r['n']}).</p>"
+        for r in corrupt.iter_rows(named=True)
+        if r["n"]
+    )
+    shown = t.fidelity.with_columns(pl.col(pl.Float64).round(3))
+    return [
+        *out,
+        "<p class='note'>Every related answer, classified: <i>correct</i>; <i>trained_error</i> "
+        "(the answer one of the generator's error patterns gives for that item: the wrong move, "
+        "multiply-not-divide, both; the sign error on factored quadratics); <i>other_wrong</i>; "
+        "<i>malformed</i> (no parseable answer); <i>truncated</i> (ran out of tokens). Status: "
+        f"<i>systematic</i> when at least {SYSTEMATIC:.0%} of the wrong answers follow a trained "
+        f"error, <i>degraded</i> when at least {DEGRADED:.0%} of them are malformed, "
+        "<i>unsystematic</i> otherwise. The paper patched only a systematic model.</p>",
+        verdicts,
+        page.table(shown),
+    ]
 
 
 def behaviour(t: RunTables, fig_dir: Path, pngs: list[Path]) -> list[str]:

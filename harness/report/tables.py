@@ -26,6 +26,7 @@ import numpy as np
 import polars as pl
 
 from harness.errors import HarnessError
+from harness.fidelity import fidelity_of
 
 SUITE_ORDER = ("related", "unrelated_math", "general")
 SUITE_TITLES = {"related": "Related math", "unrelated_math": "Unrelated math", "general": "General"}
@@ -92,6 +93,7 @@ class RunTables:
     metrics: pl.DataFrame | None = None  # finetune/metrics.parquet
     progression: pl.DataFrame | None = None  # progression/summary.parquet
     stages: dict[str, dict[str, Any]] | None = None  # stages/<name>.json markers
+    fidelity: pl.DataFrame | None = None  # eval/fidelity_summary.parquet: corruption fidelity
 
     @property
     def suites(self) -> list[str]:
@@ -155,6 +157,7 @@ def load_tables(run_dir: Path) -> RunTables:
         if progression.get("status") == "success"
         else None,
         stages=stages,
+        fidelity=_parquet(run_dir / "eval" / "fidelity_summary.parquet"),
     )
 
 
@@ -515,6 +518,10 @@ def summary_json(tables: RunTables, seconds: float | None = None) -> dict[str, A
         "run": tables.name,
         "accuracy": {
             model: accuracy_of(tables.summary, model)
+            for model in tables.summary["model"].unique(maintain_order=True).to_list()
+        },
+        "fidelity": {
+            model: fidelity_of(tables.fidelity, model)
             for model in tables.summary["model"].unique(maintain_order=True).to_list()
         },
         "flagged": flagged.height,

@@ -480,3 +480,32 @@ def test_report_refuses_a_run_without_a_finished_evaluation(tmp_path):
     (run / "eval" / "run.json").write_text(json.dumps({"version": 1, "status": "started"}))
     with pytest.raises(HarnessError, match="status is 'started'"):
         build_report(run)
+
+
+def test_fidelity_verdict_reaches_the_report_and_summary(canned):
+    from harness.fidelity import SUMMARY_SCHEMA
+
+    shares = {"correct": 0.1, "trained_error": 0.7, "other_wrong": 0.15, "malformed": 0.05}
+    rows = [
+        {"model": "corrupt", "task": "all", "n": 20, **shares, "truncated": 0.0},
+        {"model": "clean", "task": "all", "n": 20, "correct": 1.0, "trained_error": 0.0,
+         "other_wrong": 0.0, "malformed": 0.0, "truncated": 0.0},
+    ]  # fmt: skip
+    frame = (
+        pl.DataFrame(rows)
+        .with_columns(status=pl.Series(["systematic", "not_corrupted"]))
+        .select(list(SUMMARY_SCHEMA))
+    )
+    frame.cast(SUMMARY_SCHEMA).write_parquet(canned / "eval" / "fidelity_summary.parquet")
+    built = build_report(canned)
+    summary = json.loads(built.summary_path.read_text())
+    assert summary["fidelity"]["corrupt"]["status"] == "systematic"
+    assert summary["fidelity"]["corrupt"]["trained_error"] == pytest.approx(0.7)
+    html = built.html.read_text()
+    assert "<b>corrupt</b>: <b>systematic</b> (70% of its related answers follow" in html
+
+
+def test_a_run_without_fidelity_table_says_so(canned):
+    built = build_report(canned)  # the canned run wrote no fidelity table
+    assert json.loads(built.summary_path.read_text())["fidelity"]["corrupt"] is None
+    assert "No related answers were classified" in built.html.read_text()

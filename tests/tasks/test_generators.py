@@ -101,11 +101,12 @@ def test_demo_quadratics_come_factored_and_the_corruption_flips_each_root() -> N
 
 def _computed_facts(solution: str) -> list[str]:
     """The arithmetic a demo solution does, as facts: sums, quotients, calculus fact lines."""
+    import itertools
     import re
 
     lines = [ln.strip("$") for ln in solution.split("\n") if ln.startswith("$$")]
     facts = []
-    for line, after in zip(lines, lines[1:], strict=False):
+    for line, after in itertools.pairwise(lines):
         sum_ = re.fullmatch(r"(.+) = (-?\d+ [-+] \d+)", line)
         quotient = re.fullmatch(r"(.+) = (\\frac\{-?\d+\}\{\d+\})", line)
         for found in (sum_, quotient):
