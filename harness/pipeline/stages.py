@@ -52,12 +52,21 @@ EVAL_CODE = (
     "harness.summary",
     "harness.drift",
     "harness.judge",
+    "harness.fidelity",
     "tasks.scoring",
+    "tasks.fidelity",
     "tasks.evals.utils",
     "tasks/evals/*.yaml",
     "tasks/evals/*.jsonl",
 )
-PATCH_CODE = ("harness.pipeline.patching", "harness.patch", "patchers", "tasks.scoring")
+# the patch stage also computes Table 2 and the CTS summary (harness.report.tables)
+PATCH_CODE = (
+    "harness.pipeline.patching",
+    "harness.patch",
+    "harness.report.tables",
+    "patchers",
+    "tasks.scoring",
+)
 REPORT_CODE = ("harness.report",)
 
 
