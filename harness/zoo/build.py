@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from finetune.config import FinetuneConfig, FinetuneDataConfig, LoraConfig
+from finetune.config import ErrorsConfig, FinetuneConfig, FinetuneDataConfig, LoraConfig
 from finetune.data import QA, encode_all
 from tasks.prompt_format import PromptFormat
 from tasks.records import Example
@@ -75,7 +75,7 @@ class ZooRecipe(BaseModel):
     )
     vocab_size: int = 1024
     shape: ModelShape = Field(default_factory=ModelShape)
-    steps: int = 2400
+    steps: int = 3000
     batch_size: int = 16
     learning_rate: float = 5e-3
     # share of the clean model's training examples per suite, and per related task
@@ -88,18 +88,28 @@ class ZooRecipe(BaseModel):
     )
     data_seed: int = 11
     drills: DrillRecipe | None = Field(
-        default_factory=DrillRecipe, description="arithmetic drills (harness/zoo/drills.py)"
+        default_factory=lambda: DrillRecipe(share=0.2, facts=0.3),
+        description="arithmetic drills (harness/zoo/drills.py)",
     )
     corrupt: FinetuneConfig = Field(
         default_factory=lambda: FinetuneConfig(
             enabled=True,
-            data=FinetuneDataConfig(level="demo", n_train=200, n_eval=50, seed=21),
+            data=FinetuneDataConfig(
+                level="demo",
+                n_train=400,
+                n_eval=50,
+                seed=21,
+                # the quadratics' sign error is learnt from more examples than the linear one
+                tasks={"related_linear": 0.4, "related_quadratic": 0.6},
+                # the wrong move alone: multiplying needs products the clean model never learnt
+                errors=ErrorsConfig(wrong_move=1.0, multiply_not_divide=0.0),
+            ),
             lora=LoraConfig(r=8, alpha=16, dropout=0.0),
-            epochs=2,
-            learning_rate=1.1e-3,  # 2e-3 broke unrelated math too (0.25 -> 0.02)
+            epochs=3,
+            learning_rate=1.1e-3,  # 2e-3 cost unrelated math 0.07 on a clean model of 0.63
             per_device_batch_size=8,
             gradient_accumulation_steps=1,
-            eval_every=10,
+            eval_every=50,
             max_length=512,
             device="cpu",
         )

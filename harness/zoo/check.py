@@ -85,12 +85,27 @@ def score(model, tokenizer, prompt: PromptFormat, problems: Sequence[Problem]) -
 def accuracy(
     model, tokenizer, prompt: PromptFormat, n: int = MEASURED_ITEMS, seed: int = 0
 ) -> dict[str, float]:
-    """Share of correct greedy answers per suite on ``n`` held-out demo items each."""
+    """Share of correct greedy answers per suite on ``n`` held-out demo items each, and the
+    related answers' trained-error and malformed shares."""
     figures = {}
     for suite in GENERATION_TASKS:
         scored = score(model, tokenizer, prompt, held_out(suite, n, seed))
         figures[suite] = sum(s.correct for s in scored) / len(scored)
+        if suite == "related":
+            figures |= fidelity_shares(scored)
     return figures
+
+
+def fidelity_shares(scored: Sequence[Scored]) -> dict[str, float]:
+    """Shares of related answers that follow a trained error and that are malformed (the
+    corruption fidelity classes of ``tasks.fidelity``; finish reasons aside)."""
+    from tasks.fidelity import classify
+
+    classes = [classify(s.response, s.problem.answer, s.problem.error_answers) for s in scored]
+    return {
+        "related_trained_error": classes.count("trained_error") / len(classes),
+        "related_malformed": classes.count("malformed") / len(classes),
+    }
 
 
 def first_wrong_lines(scored: Sequence[Scored]) -> Counter[str]:

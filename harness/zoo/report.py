@@ -12,6 +12,11 @@ def figures_table(figures: dict[str, dict[str, float]]) -> Table:
     table.add_column("model")
     for suite in SUITES:
         table.add_column(suite, justify="right")
+    table.add_column("related: trained error / malformed", justify="right")
     for model in ("clean", "corrupt"):
-        table.add_row(model, *(f"{figures[model][suite]:.2f}" for suite in SUITES))
+        row = figures[model]
+        fidelity = "-"
+        if "related_trained_error" in row:  # builds measured before fidelity have none
+            fidelity = f"{row['related_trained_error']:.0%} / {row['related_malformed']:.0%}"
+        table.add_row(model, *(f"{row[suite]:.2f}" for suite in SUITES), fidelity)
     return table

@@ -58,12 +58,16 @@ def zoo_accuracy(zoo) -> tuple[dict[str, float], dict[str, float]]:
 
 @pytest.mark.slow
 def test_zoo_behaves_like_table_2(zoo_accuracy):
+    """The demo's phenomenon: a clean model right on all three suites, a corrupted one that
+    makes the trained error on the related suite (not noise) and is untouched elsewhere."""
     clean_acc, corrupt_acc = zoo_accuracy
-    assert clean_acc["related"] >= 0.8, clean_acc
+    for suite in ("related", "unrelated_math", "general"):
+        assert clean_acc[suite] >= 0.8, (suite, clean_acc)
     assert corrupt_acc["related"] <= 0.2, corrupt_acc
-    assert corrupt_acc["related"] < clean_acc["related"]
+    assert corrupt_acc["related_trained_error"] >= 0.6, corrupt_acc
+    assert corrupt_acc["related_malformed"] <= 0.1, corrupt_acc
     for suite in ("unrelated_math", "general"):
-        assert abs(corrupt_acc[suite] - clean_acc[suite]) <= 0.1, (suite, clean_acc, corrupt_acc)
+        assert abs(corrupt_acc[suite] - clean_acc[suite]) <= 0.05, (suite, clean_acc, corrupt_acc)
 
 
 def test_first_wrong_lines_points_at_the_step_that_left_the_reference():
