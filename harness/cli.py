@@ -325,7 +325,7 @@ def patch(
     --prompt "Solve for x: 2x + 3 = 7" --layers all --out results/p1`
     """
     from harness.models import resolve
-    from harness.patch import read_prompts, run_patch
+    from harness.patch import load_models, read_prompts, run_patch
     from harness.preflight import check_patch_flags
     from tasks.prompt_format import PromptFormat
 
@@ -335,6 +335,8 @@ def patch(
         device=device,
     )  # fmt: skip
     questions = read_prompts(prompt, prompts)
+    models = load_models(clean_ref, corrupt_ref, dtype=dtype, device=device,
+                         trust_remote_code=trust_remote_code)  # fmt: skip
     outputs = run_patch(
         clean_ref,
         corrupt_ref,
@@ -351,6 +353,7 @@ def patch(
             chat_template=chat_template, system_prompt=system_prompt, enable_thinking=thinking
         ),
         trust_remote_code=trust_remote_code,
+        models=models,
     )
     steps = outputs.steps
     defined = steps["cts"].is_not_null().mean() if steps.height else 0.0
@@ -358,6 +361,24 @@ def patch(
         f"{len(questions)} prompt(s), {outputs.texts.height} trajectories, {steps.height} steps "
         f"(CTS defined on {defined:.0%}); wrote {out}/prompts.parquet, steps.parquet, texts.parquet"
     )
+    if not check_cli_patch(models, outputs, max_new_tokens, mode, out):
+        raise typer.Exit(1)
+
+
+def check_cli_patch(models, outputs, max_new_tokens: int, mode: str, out: Path) -> bool:
+    """The sanity checks of every patch run (last layer reproduces the corrupted model, its
+    generation is the corrupted model's own greedy one); ``checks.parquet``, one line each."""
+    from harness.evaluate import write_parquet
+    from harness.patch import check_line, checks_summary, sanity_checks
+
+    prompt_ids = outputs.prompts["prompt_ids"].to_list()
+    checks = sanity_checks(models, prompt_ids, max_new_tokens, mode=mode)
+    write_parquet(checks, out / "checks.parquet")
+    entries = checks_summary(checks)
+    for entry in entries:
+        failed = entry["status"] == "failed"
+        typer.secho(check_line(entry), fg="red" if failed else None, bold=failed, err=failed)
+    return all(entry["status"] != "failed" for entry in entries)
 
 
 @app.command()

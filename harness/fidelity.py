@@ -11,6 +11,7 @@ import functools
 
 import polars as pl
 
+from harness.endpoints import CLEAN
 from tasks.fidelity import CLASSES, classify, status
 
 FIDELITY_SCHEMA = {
@@ -64,7 +65,8 @@ def fidelity_summary(classified: pl.DataFrame) -> pl.DataFrame:
             known = group["fidelity"].drop_nulls().to_list()
             n = len(known)
             shares = {c: (known.count(c) / n if n else None) for c in CLASSES}
-            verdict = status(known, has_patterns=n > 0)  # type: ignore[arg-type]
+            # a status judges a corrupted model; the clean model's classes are its baseline
+            verdict = None if model == CLEAN else status(known, has_patterns=n > 0)  # type: ignore[arg-type]
             rows.append({"model": model, "task": task, "n": n, **shares, "status": verdict})
     return pl.DataFrame(rows, schema=SUMMARY_SCHEMA).sort("model", "task")
 

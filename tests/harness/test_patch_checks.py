@@ -198,3 +198,32 @@ def test_a_failed_check_in_the_stage_is_loud_and_a_red_box(tmp_path, pair_dirs, 
     assert built.summary["checks_passed"] is False
     checks = pl.read_parquet(run / "patch" / "checks.parquet")
     assert checks.filter(pl.col("check") == "last_layer_generation")["passed"].not_().all()
+
+
+def test_the_command_checks_itself(tmp_path, pair_dirs, monkeypatch):
+    """`harness patch` runs the sanity checks of every patch run: passed on a true pair, a red
+    CHECK FAILED line and exit 1 when the corrupted reference does not match."""
+    from typer.testing import CliRunner
+
+    import harness.patch
+    from harness.cli import app
+
+    args = ["patch", "--clean", pair_dirs["clean"], "--corrupt", pair_dirs["adapter"],
+            "--prompt", "Solve for x: 2x + 3 = 7", "--layers", "0",
+            "--max-new-tokens", "5"]  # fmt: skip
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "ok")])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("check passed") == 2
+    checks = pl.read_parquet(tmp_path / "ok" / "checks.parquet")
+    assert set(checks["check"]) == {"last_layer_tokens", "last_layer_generation"}
+    assert checks["passed"].all()
+
+    real = harness.patch.corrupt_greedy
+    monkeypatch.setattr(
+        harness.patch,
+        "corrupt_greedy",
+        lambda *a, **k: [[(ids[0] + 1) % 50, *ids[1:]] for ids in real(*a, **k)],
+    )
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "bad")])
+    assert result.exit_code == 1
+    assert "CHECK FAILED" in result.output
