@@ -610,6 +610,27 @@ def _descriptors_to(log_fd: int, echo_fd: int | None) -> Iterator[None]:
             copier.join(timeout=2.0)  # a child that outlives the run may keep the pipe open
 
 
+def _route_to_root() -> list[tuple[logging.Logger, list[logging.Handler]]]:
+    """Loggers that keep their records to themselves (vLLM configures ``vllm`` with its own
+    stream handler and ``propagate=False``) send them to the root for the run instead, so they
+    reach log.txt wherever their handler's stream points; returns what to restore."""
+    detached = []
+    for logger in list(logging.Logger.manager.loggerDict.values()):
+        if isinstance(logger, logging.Logger) and not logger.propagate:
+            detached.append((logger, list(logger.handlers)))
+            for handler in logger.handlers:
+                logger.removeHandler(handler)
+            logger.propagate = True
+    return detached
+
+
+def _restore_routes(detached: list[tuple[logging.Logger, list[logging.Handler]]]) -> None:
+    for logger, own in detached:
+        logger.propagate = False
+        for handler in own:
+            logger.addHandler(handler)
+
+
 @contextlib.contextmanager
 def run_logging(
     run_dir: Path, console: Console | None = None, verbose: bool = False
@@ -640,6 +661,7 @@ def run_logging(
         handlers.append(RichHandler(console=console, show_path=False, markup=False))
     root = logging.getLogger()
     levels = (root.level, log.level)
+    detached = _route_to_root()
     for handler in handlers:
         root.addHandler(handler)
     root.setLevel(logging.INFO)
@@ -676,6 +698,7 @@ def run_logging(
     finally:
         for handler in handlers:
             root.removeHandler(handler)
+        _restore_routes(detached)
         root.setLevel(levels[0])
         log.setLevel(levels[1])
         restore_environment(previous_env)

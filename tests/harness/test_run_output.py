@@ -427,3 +427,26 @@ def test_a_failed_check_is_a_line_of_its_own(tmp_path, capfd):
     assert err.splitlines()[0] == "CHECK FAILED: last layer"
     assert "a library's error" not in err
     assert "a library's error" in (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_a_library_logger_that_does_not_propagate_still_reaches_the_log(tmp_path, capfd):
+    """vLLM configures ``vllm`` with a handler of its own and ``propagate=False``; during a run
+    its records go to log.txt, not to that handler's stream, and it is put back afterwards."""
+    import io
+
+    own = io.StringIO()
+    logger = logging.getLogger("vllm.fake_engine")
+    handler = logging.StreamHandler(own)
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        run_dir = tmp_path / "run"
+        with run_logging(run_dir):
+            logger.warning("engine warming up")
+        assert "engine warming up" in (run_dir / "log.txt").read_text()
+        assert own.getvalue() == ""
+        assert "engine warming up" not in capfd.readouterr().err
+        assert logger.propagate is False and logger.handlers == [handler]
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
