@@ -49,14 +49,14 @@ class DrillRecipe(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     steps: int = Field(600, ge=0, description="first optimizer steps spent on drills only")
-    share: float = Field(0.15, ge=0, lt=1, description="share of drills in the later batches")
+    share: float = Field(0.2, ge=0, lt=1, description="share of drills in the later batches")
     per_drill: int = Field(6, gt=0, description="computing steps packed into one drill")
     facts: float = Field(
-        0.0,
+        0.3,
         ge=0,
         lt=1,
-        description="share of drilled lines that are the demo calculus's arithmetic facts "
-        "(tasks.unrelated.arithmetic_facts)",
+        description="share of drilled lines that are the demo suites' arithmetic facts "
+        "(harness.zoo.drills.demo_facts: linear sums and quotients, calculus products)",
     )
     seed: int = 97
 
@@ -88,8 +88,7 @@ class ZooRecipe(BaseModel):
     )
     data_seed: int = 11
     drills: DrillRecipe | None = Field(
-        default_factory=lambda: DrillRecipe(share=0.2, facts=0.3),
-        description="arithmetic drills (harness/zoo/drills.py)",
+        default_factory=DrillRecipe, description="arithmetic drills (harness/zoo/drills.py)"
     )
     corrupt: FinetuneConfig = Field(
         default_factory=lambda: FinetuneConfig(
