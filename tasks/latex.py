@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import sympy as sp
@@ -10,7 +11,17 @@ from tasks.records import Level
 
 
 def num(value: int | sp.Expr) -> str:
-    """A number as LaTeX: ``-3``, ``\\frac{3}{4}``, ``-\\frac{16}{5}``, ``7 + \\sqrt{38}``."""
+    """A number as LaTeX: ``-3``, ``\\frac{3}{4}``, ``-\\frac{16}{5}``, ``7 + \\sqrt{38}``.
+
+    Integers are written directly: sympy's printer took most of the generators' time (the zoo
+    draws tens of thousands of solutions), and writes an integer the same way."""
+    if isinstance(value, int | sp.Integer) and not isinstance(value, bool):
+        return str(int(value))
+    return _latex_number(value)
+
+
+@functools.lru_cache(maxsize=65536)
+def _latex_number(value: sp.Expr) -> str:
     return sp.latex(sp.nsimplify(value))
 
 
