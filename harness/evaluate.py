@@ -32,7 +32,7 @@ import json
 import logging
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -330,8 +330,12 @@ def run_eval(
     engine: Engine | None = None,
     out_dir: Path | None = None,
     lora: bool | None = None,
+    progress: Callable[..., None] | None = None,
 ) -> EvalRun:
     """Evaluate every model (``clean`` first, then any number of others) on the suites.
+
+    ``progress(done=, total=, info=)`` hears of each model as it starts and ends (the
+    pipeline's stage line shows done/total models and an ETA).
 
     ``models`` maps names to references (directory, hub id, zoo:name, adapter directory);
     default: the config's clean and corrupted models. ``lora`` False serves adapters as merged
@@ -362,7 +366,9 @@ def run_eval(
     frames, logprobs = [], []
     try:
         with model_factories(entries, cfg, engine, out, lora, seconds) as factories:
-            for entry in entries:
+            for done, entry in enumerate(entries):
+                if progress:
+                    progress(done=done, total=len(entries), info=f"model {entry.name}")
                 lm = factories[entry.name]()  # an in-process engine is built here
                 start = time.perf_counter()
                 serving = serving_mode(entry, entries, engine, lora)
@@ -377,6 +383,8 @@ def run_eval(
                     cached = CachingLM(lm, f"{cache}_rank0.db")
                     logprobs.append(score_responses(cached, lm.tokenizer, clean_open, entry.name))
                 del lm
+                if progress:
+                    progress(done=done + 1, total=len(entries), info=f"model {entry.name} done")
         judged = None
         if cfg.eval.judge:
             judged = judge_answers(pl.concat(frames), cfg.eval.judge, cfg, out, seconds)

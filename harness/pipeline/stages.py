@@ -200,7 +200,7 @@ def eval_stage(cfg: ExperimentConfig) -> Stage:
 
         if start == "resume":
             log.info("eval: the lm-eval request cache keeps the answers already computed")
-        result = run_eval(cfg, out_dir=out)
+        result = run_eval(cfg, out_dir=out, progress=progress)
         return {"flagged": result.flagged.height, "seconds": result.seconds}
 
     def clean(forced: bool) -> None:
@@ -244,7 +244,7 @@ def progression_stage(cfg: ExperimentConfig, limit: int) -> Stage:
         final = completed_run(_tuned_dir(cfg))
         if final is not None:
             models[f"step-{final.steps:06d}"] = final.model_dir
-        result = run_eval(small, models, out_dir=out)
+        result = run_eval(small, models, out_dir=out, progress=progress)
         return {"models": list(models), "limit": small_limit, "seconds": result.seconds}
 
     return Stage(

@@ -120,7 +120,11 @@ def test_hf_rerun_resumes_from_the_request_cache(tmp_path, pair, monkeypatch):
 
     monkeypatch.setattr(LocalHFLM, "generate_until", refuse)
     monkeypatch.setattr(LocalHFLM, "_loglikelihood_tokens", refuse)
-    again = run_eval(cfg, engine="hf")
+    heard = []
+    again = run_eval(
+        cfg, engine="hf", progress=lambda **kw: heard.append((kw["done"], kw["total"]))
+    )
+    assert heard == [(0, 2), (1, 2), (1, 2), (2, 2)]  # each model as it starts and ends
     assert again.records.drop("metrics").equals(first.records.drop("metrics"))
     # answers served from the cache keep the finish reasons recorded when they were generated
     generated = again.records.filter(pl.col("output_type") == "generate_until")
