@@ -18,7 +18,7 @@ merged tables the report reads: ``prompts.parquet`` (the items), ``steps.parquet
 layer and step, with the generated token's text), ``texts.parquet`` (the patched generations
 with ``finish_reason``, ``n_tokens`` and the suite checker's ``verdict`` and ``correct``),
 ``table2.parquet`` (accuracy per condition, patched per layer with 95 % Wilson intervals by
-prompt, see ``harness.report.tables.table2_frame``), ``cts_summary.parquet`` (CTS statistics
+prompt, see ``harness.report.stats.table2_frame``), ``cts_summary.parquet`` (CTS statistics
 bootstrapped over prompts), ``checks.parquet`` (each check per prompt) and ``run.json``.
 """
 
@@ -339,7 +339,7 @@ def write_merged(
     """prompts/steps/texts over all sites (token text, suites, verdicts), Table 2, the CTS
     statistics, the checks and ``run.json``; returns the stage's facts."""
     from harness.pipeline.runner import write_json
-    from harness.report.tables import cts_summary, table2_frame
+    from harness.report.stats import cts_summary, table2_frame
 
     level, trust_remote_code = cfg.eval.level, cfg.models.trust_remote_code
     steps = [pl.read_parquet(out / "sites" / s / "steps.parquet") for s in sites]

@@ -59,11 +59,11 @@ EVAL_CODE = (
     "tasks/evals/*.yaml",
     "tasks/evals/*.jsonl",
 )
-# the patch stage also computes Table 2 and the CTS summary (harness.report.tables)
+# the patch stage also computes Table 2 and the CTS summary (harness.report.stats)
 PATCH_CODE = (
     "harness.pipeline.patching",
     "harness.patch",
-    "harness.report.tables",
+    "harness.report.stats",
     "patchers",
     "tasks.scoring",
 )

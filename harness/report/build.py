@@ -10,16 +10,8 @@ import polars as pl
 
 from harness.report import figures, interactive, page
 from harness.report.page import esc, fmt
-from harness.report.tables import (
-    CTS_HALF,
-    INCORRECT_BELOW,
-    RunTables,
-    accuracy_of,
-    load_tables,
-    patched_summary,
-    summary_json,
-    top_tokens,
-)
+from harness.report.stats import CTS_HALF, INCORRECT_BELOW, patched_summary, top_tokens
+from harness.report.tables import RunTables, accuracy_of, load_tables, summary_json
 
 REPORT = "report.html"
 SUMMARY = "summary.json"
@@ -402,7 +394,7 @@ def generations(t: RunTables, chosen: pl.DataFrame) -> list[str]:
 
 
 def _shown_layer(patched: pl.DataFrame) -> int | None:
-    from harness.report.tables import first_incorrect_layer
+    from harness.report.stats import first_incorrect_layer
 
     if patched.is_empty():
         return None

@@ -15,7 +15,7 @@ from harness.errors import HarnessError
 from harness.records import SCHEMA as RECORD_SCHEMA
 from harness.report import build_report, load_tables
 from harness.report.interactive import heatmap
-from harness.report.tables import (
+from harness.report.stats import (
     cts_summary,
     first_incorrect_layer,
     patched_summary,
