@@ -21,6 +21,11 @@ FIDELITY_SCHEMA = {
     "item_id": pl.String,
     "fidelity": pl.String,
 }
+SUMMARY_SCHEMA = (
+    {"model": pl.String, "task": pl.String, "n": pl.Int64}
+    | {c: pl.Float64 for c in CLASSES}
+    | {"status": pl.String}
+)
 
 
 @functools.cache
@@ -36,7 +41,6 @@ def fidelity_records(records: pl.DataFrame, level: str) -> pl.DataFrame:
         (pl.col("suite") == "related") & (pl.col("output_type") == "generate_until")
     )
     patterns = _patterns(level) if level in ("demo", "full") else {}
-    finish = "finish_reason" in related.columns
     rows = []
     for row in related.iter_rows(named=True):
         errors = patterns.get(row["item_id"])
@@ -46,7 +50,8 @@ def fidelity_records(records: pl.DataFrame, level: str) -> pl.DataFrame:
                 row["response"] or "",
                 row["reference"] or "",
                 errors,
-                row["finish_reason"] if finish else None,
+                row.get("finish_reason"),
+                row.get("verdict"),
             )
         keys = {k: row[k] for k in FIDELITY_SCHEMA if k != "fidelity"}
         rows.append(keys | {"fidelity": fidelity})
@@ -69,13 +74,6 @@ def fidelity_summary(classified: pl.DataFrame) -> pl.DataFrame:
             verdict = None if model == CLEAN else status(known, has_patterns=n > 0)  # type: ignore[arg-type]
             rows.append({"model": model, "task": task, "n": n, **shares, "status": verdict})
     return pl.DataFrame(rows, schema=SUMMARY_SCHEMA).sort("model", "task")
-
-
-SUMMARY_SCHEMA = (
-    {"model": pl.String, "task": pl.String, "n": pl.Int64}
-    | {c: pl.Float64 for c in CLASSES}
-    | {"status": pl.String}
-)
 
 
 def fidelity_of(summary: pl.DataFrame | None, model: str) -> dict | None:

@@ -46,11 +46,17 @@ def classify(
     reference: str,
     error_answers: Mapping[str, str],
     finish_reason: str | None = None,
+    verdict: str | None = None,
 ) -> Fidelity:
-    """The fidelity class of one response to a related item."""
-    if finish_reason == "length":
+    """The fidelity class of one response to a related item.
+
+    ``verdict``: the evaluation's own (``harness.records``: correct / wrong / truncated /
+    unscored), so that fidelity's "correct" is the accuracy's; None compares with the
+    reference here (a plain generation, as the zoo's check has).
+    """
+    if finish_reason == "length" or verdict == "truncated":
         return "truncated"
-    if answers_match(response, reference):
+    if verdict == "correct" or (verdict is None and answers_match(response, reference)):
         return "correct"
     answer = extract_answer(response or "")
     if answer is None or not parse_values(answer):

@@ -493,20 +493,14 @@ def _library_bars_off() -> Iterator[None]:
     """Progress bars of libraries imported before the run (the environment variables work only
     before import): off for the run, as they were after it."""
     switches = []
-    transformers = sys.modules.get("transformers")
-    if transformers is not None:
-        tf_logging = transformers.utils.logging
-        switches.append(
-            (tf_logging.is_progress_bar_enabled(), tf_logging.disable_progress_bar,
-             tf_logging.enable_progress_bar)
-        )  # fmt: skip
-    datasets = sys.modules.get("datasets")
-    if datasets is not None:
-        ds_logging = datasets.utils.logging
-        switches.append(
-            (ds_logging.is_progress_bar_enabled(), ds_logging.disable_progress_bar,
-             ds_logging.enable_progress_bar)
-        )  # fmt: skip
+    for name in ("transformers", "datasets"):  # the same logging utilities in both
+        module = sys.modules.get(name)
+        if module is not None:
+            bars = module.utils.logging
+            switches.append(
+                (bars.is_progress_bar_enabled(), bars.disable_progress_bar,
+                 bars.enable_progress_bar)
+            )  # fmt: skip
     for enabled, off, _ in switches:
         if enabled:
             off()

@@ -43,3 +43,12 @@ def test_status_follows_the_wrong_answers():
     )
     assert status(["correct", "truncated"]) == "not_corrupted"
     assert status(["trained_error"], has_patterns=False) == "unavailable"
+
+
+def test_the_evaluations_own_verdict_decides_correct_and_truncated():
+    """With the evaluation's verdict, fidelity's "correct" is the accuracy's, by construction."""
+    wrong_text = "**Answer:** 5"
+    assert classify(wrong_text, "2", LINEAR, "stop", verdict="correct") == "correct"
+    assert classify("**Answer:** 2", "2", LINEAR, "stop", verdict="truncated") == "truncated"
+    assert classify("**Answer:** 1", "2", LINEAR, "stop", verdict="wrong") == "trained_error"
+    assert classify(wrong_text, "2", LINEAR, "stop", verdict="unscored") == "other_wrong"
