@@ -49,6 +49,7 @@ from harness.patch import (
     run_patch,
     sanity_checks,
 )
+from harness.records import correct_of
 
 log = logging.getLogger("harness.pipeline.patch")
 VERDICT_SCHEMA = {"verdict": pl.String, "correct": pl.Boolean}
@@ -180,13 +181,10 @@ def score_texts(texts: pl.DataFrame, items: pl.DataFrame, level: str) -> pl.Data
         else judge(row["text"], row["reference"], aliases_for(row["task"], row["item_id"], level))
         for row in joined.iter_rows(named=True)
     ]
-    verdict = pl.Series("verdict", verdicts, dtype=pl.String)
-    correct = (
-        pl.when(pl.col("verdict") == "unscored")
-        .then(None)
-        .otherwise(pl.col("verdict") == "correct")
+    return joined.with_columns(
+        pl.Series("verdict", verdicts, dtype=pl.String),
+        pl.Series("correct", [correct_of(v) for v in verdicts], dtype=pl.Boolean),
     )
-    return joined.with_columns(verdict).with_columns(correct.alias("correct"))
 
 
 def device_for(setting: str) -> str:
