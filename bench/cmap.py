@@ -131,7 +131,7 @@ def floor_runner(args):
 
 def naive_runner(args, trajectories: list[tuple[int, int]]):
     """A function that runs the naive reference once on the given (prompt, layer) pairs."""
-    from cmap_reference import full_model_side, reference_cmap
+    from patchers.reference import full_model_side, reference_cmap
 
     clean, corrupt = build(args, "full")
     sides = full_model_side(clean), full_model_side(corrupt)

@@ -137,16 +137,34 @@ def range_problems(
     return problems
 
 
-def family_problem(shape: ModelShape | None, key: str) -> list[str]:
-    """A model family whose layers the patcher does not know."""
-    from patchers.sites import FAMILIES
+def layout_problems(
+    shape: ModelShape | None, sites: Sequence[str], key: str, trust_remote_code: bool = False
+) -> list[str]:
+    """A clean model the patcher cannot lay out, or a site its family has no module for.
 
-    if shape is None or shape.model_type is None or shape.model_type in FAMILIES:
+    A family of the site table offers every site; any other is laid out from its module names
+    on the meta device (no weights), which needs transformers but no download."""
+    from patchers.errors import PatchError
+    from patchers.sites import LAYOUTS, check_site, layout_for_config
+
+    if shape is None or shape.model_type in LAYOUTS:
         return []
-    return [
-        f"{key}: the patcher does not support model_type {shape.model_type!r} "
-        f"(supported: {', '.join(FAMILIES)})"
-    ]
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(
+            str(shape.source.parent), trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError, KeyError) as err:
+        return [f"{key}: cannot read {shape.source}: {str(err).strip().splitlines()[0]}"]
+    try:
+        layout = layout_for_config(config, trust_remote_code)
+        for site in sites:
+            if site in SITES:
+                check_site(config, layout, site)
+    except PatchError as err:
+        return [f"{key}: {err}"]
+    return []
 
 
 def _listed(values: list[int]) -> str:
@@ -179,7 +197,7 @@ def check_patch_flags(
     if heads is not None and site in SITES and site != "head":
         problems.append(f"--heads: only for --site head, not {site!r}")
     shape = _shape_of(clean)
-    problems += family_problem(shape, "--clean")
+    problems += layout_problems(shape, [site], "--clean")
     problems += range_problems(
         shape, layer_list, head_list, layers_key="--layers", heads_key="--heads"
     )
@@ -222,7 +240,7 @@ def patch_problems(cfg: ExperimentConfig, clean: str | None = None) -> list[str]
             "site, the only one with heads"
         )
     shape = _shape_of(clean or cfg.models.clean)
-    problems += family_problem(shape, "models.clean")
+    problems += layout_problems(shape, patch.sites, "models.clean", cfg.models.trust_remote_code)
     layers = None if patch.layers == "all" else patch.layers
     heads = None if patch.heads in (None, "all") else patch.heads
     problems += range_problems(

@@ -12,22 +12,28 @@ from patchers.errors import PatchError
 from patchers.hooks import attach, capture_last, replace_last
 from patchers.metrics import step_metrics
 from patchers.models import ModelPair, load_pair
-from patchers.sites import SITES, Target, resolve_targets
+from patchers.reference import self_test
+from patchers.sites import FAMILIES, LAYOUTS, SITES, Layout, Target, layout_of, resolve_targets
 from patchers.teacher import run_cmap_teacher_forced
 
 __all__ = [
+    "FAMILIES",
+    "LAYOUTS",
     "MODES",
     "SITES",
     "CmapResult",
+    "Layout",
     "ModelPair",
     "PatchError",
     "Target",
     "attach",
     "capture_last",
+    "layout_of",
     "load_pair",
     "replace_last",
     "resolve_targets",
     "run_cmap",
     "run_cmap_teacher_forced",
+    "self_test",
     "step_metrics",
 ]

@@ -1,40 +1,54 @@
-"""Autoregressive cross-model activation patching (CMAP) with KV caches.
+"""Autoregressive cross-model activation patching (CMAP) through the models' own forward.
 
 Semantics (the paper's "transient" patching, section 3.2): at every step the clean and corrupted
 models see the same context, the trajectory's own; the clean model's activation at the site of
 layer L, at the last position only, is replaced by the corrupted model's; the patched model's
-argmax is appended to the context. Earlier positions are never patched.
+argmax is appended to the context. Earlier positions are never patched. In "persistent" mode the
+patched states enter the patched row's cache (every position from the last prompt token on is
+patched, as a full re-run patching all of them would).
 
-How it is computed: every (prompt, target) pair is a trajectory, and a batch of trajectories
-advances one token per step through one `DualStack` pass with rows `[corrupt R | clean R |
-patched]`. The corrupted and clean rows run all layers (their logits give y_corrupt and y_clean,
-their caches the next step's context); a patched row exists only from its layer L up, and its
-keys and values at layer l are written into a mirror of its clean row's cache. In transient
-mode the mirror's newest column is reset to the clean keys and values right after the
-attention that used it, so the patched pass is discarded; in "persistent" mode (patched states
-enter the cache) it stays. The prompt minus its last token is prefilled once per distinct
-prompt. Finished trajectories leave the batch.
+How it is computed. Every (prompt, target) pair is a trajectory; a batch of them advances one
+token per step, each step one KV-cached forward of the models' own code (their decoder layers,
+attention, norms, MoE routing, rotary and cache classes), with the site read and written by
+forward hooks (`patchers.hooks.attach`). The rows of a step:
+
+- one corrupted and one clean row per *context*: a distinct token sequence that trajectories
+  share. At first every target of a prompt shares the prompt's context; a context splits only
+  when its trajectories' patched tokens differ (the paper saw y_clean == y_corrupt on 90-97 % of
+  steps), so most steps need far fewer rows than trajectories. Their logits give y_corrupt and
+  y_clean, their caches the contexts' keys and values;
+- one patched row per trajectory: the clean model over a mirror of its context's clean cache,
+  with the corrupted row's activation written at its layer's site. In transient mode the
+  mirror's newest column is reset to the clean keys and values after each step, so the patched
+  pass is discarded; in persistent mode it stays.
+
+With a LoRA adapter as the corrupted model, one forward of the PeftModel runs every row (peft's
+mixed-adapter batch: corrupted rows with the adapter, the others without), so one copy of the
+base weights serves all of them; with a full corrupted model its rows run first and hooks keep
+the site's activations for the clean forward to write. Teacher forcing is the same engine with
+the continuation's tokens in place of the patched argmax.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from typing import Literal
 
 import polars as pl
 import torch
 from torch import Tensor
 
-from patchers.attention import attention, causal_mask
 from patchers.errors import PatchError
+from patchers.hooks import attach
 from patchers.metrics import STEP_COLUMNS, step_metrics
 from patchers.models import ModelPair
-from patchers.sites import Target, resolve_targets
-from patchers.stack import DualStack, Fork
+from patchers.sites import LAYOUTS, Layout, Target, layout_of, resolve_targets
 
 Mode = Literal["transient", "persistent"]
 MODES = ("transient", "persistent")
+BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed-adapter batch
 GENERATION_SCHEMA = {
     "prompt_id": pl.Int64,
     "site": pl.String,
@@ -49,10 +63,13 @@ GENERATION_SCHEMA = {
 class CmapResult:
     """`steps`: one row per trajectory and step (see `patchers.metrics` for the columns).
     `generations`: one row per trajectory with the patched model's `token_ids` and why it
-    stopped (`"eos"` or `"length"`)."""
+    stopped (`"eos"` or `"length"`). `rows`: the work done, summed over steps: `patched` rows
+    (one per live trajectory) and `context` rows per model (one per distinct context); without
+    sharing each model would have run `patched` rows."""
 
     steps: pl.DataFrame
     generations: pl.DataFrame
+    rows: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -75,29 +92,17 @@ def run_cmap(
 ) -> CmapResult:
     """Patch every requested layer (and head) of the corrupted model into the clean one while
     generating greedily from each prompt; `layers`/`heads` None means all. At most `max_batch`
-    trajectories are decoded together."""
-    targets = resolve_targets(pair.clean.config, site, layers, heads)
+    trajectories are decoded together. A model outside the family table is first checked
+    against the full-forward reference (`patchers.reference.self_test`)."""
+    engine = _Engine(pair, site)
+    targets = resolve_targets(pair.clean.config, site, layers, heads, engine.layout)
     prompts = check_prompts(prompts_ids, pair.clean.config.vocab_size)
-    if mode not in MODES:
-        raise PatchError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
-    if max_new_tokens < 1 or max_batch < 1:
-        raise PatchError("max_new_tokens and max_batch must be at least 1")
-    stack = DualStack(pair)
-    trajectories = [Trajectory(p, t) for t in targets for p in range(len(prompts))]
-    eos = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=stack.device)
-    steps, generations = [], []
-    with torch.inference_mode():
-        for start in range(0, len(trajectories), max_batch):
-            chunk = trajectories[start : start + max_batch]
-            decoder = _Decoder(stack, site, chunk, prompts, max_new_tokens, eos, mode)
-            chunk_steps, chunk_tokens = decoder.run()
-            steps.append(chunk_steps)
-            generations += [
-                _generation_row(traj, site, tokens, eos)
-                for traj, tokens in zip(chunk, chunk_tokens, strict=True)
-            ]
-    generations_table = pl.DataFrame(generations, schema=GENERATION_SCHEMA)
-    return CmapResult(steps=_steps_table(steps, site), generations=generations_table)
+    _check_run(mode, max_new_tokens, max_batch)
+    if pair.clean.config.model_type not in LAYOUTS:
+        from patchers.reference import self_test
+
+        self_test(pair, site, prompts[0], mode)
+    return engine.run(targets, prompts, max_new_tokens, eos_token_ids, mode, max_batch)
 
 
 def check_prompts(prompts_ids: Sequence[Sequence[int]], vocab_size: int) -> list[list[int]]:
@@ -115,141 +120,276 @@ def check_prompts(prompts_ids: Sequence[Sequence[int]], vocab_size: int) -> list
     return prompts
 
 
+def _check_run(mode: str, max_new_tokens: int, max_batch: int) -> None:
+    if mode not in MODES:
+        raise PatchError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+    if max_new_tokens < 1 or max_batch < 1:
+        raise PatchError("max_new_tokens and max_batch must be at least 1")
+
+
+@dataclass
+class _Writes:
+    """What the write hook of one layer does in the current step: patched `rows` of the clean
+    forward take the corrupted activation of context `sources` (one `heads` entry per row)."""
+
+    rows: Tensor
+    sources: Tensor
+    heads: Tensor | None
+
+
+class _Engine:
+    """The pair, its layout and the hooks of one run; `_Decoder`s drive it step by step."""
+
+    def __init__(self, pair: ModelPair, site: str):
+        self.pair, self.site = pair, site
+        self.layout: Layout = layout_of(pair.clean)
+        self.shared = pair.adapter is not None  # one PeftModel forward runs every row
+        self.device = pair.clean.get_input_embeddings().weight.device
+        self.vocab: int = pair.clean.config.vocab_size
+        self.phase: Literal["corrupt", "clean"] | None = None  # which forward is running
+        self.writes: dict[int, _Writes] = {}
+        self.captured: dict[int, Tensor] = {}
+
+    def run(
+        self,
+        targets: list[Target],
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        eos_token_ids: Iterable[int],
+        mode: Mode,
+        max_batch: int,
+        forced: list[list[int]] | None = None,
+    ) -> CmapResult:
+        # Prompt-major, so that a batch holds every target of a prompt: they share its context.
+        trajectories = [Trajectory(p, t) for p in range(len(prompts)) for t in targets]
+        eos = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=self.device)
+        steps, generations = [], []
+        rows = {"patched": 0, "context": 0}
+        with torch.inference_mode(), self.hooks({t.layer for t in targets}):
+            for start in range(0, len(trajectories), max_batch):
+                chunk = trajectories[start : start + max_batch]
+                decoder = _Decoder(self, chunk, prompts, max_new_tokens, eos, mode, forced)
+                chunk_steps, chunk_tokens = decoder.run()
+                steps.append(chunk_steps)
+                rows = {k: rows[k] + decoder.rows[k] for k in rows}
+                generations += [
+                    _generation_row(traj, self.site, tokens, eos)
+                    for traj, tokens in zip(chunk, chunk_tokens, strict=True)
+                ]
+        return CmapResult(
+            steps=_steps_table(steps, self.site),
+            generations=pl.DataFrame(generations, schema=GENERATION_SCHEMA),
+            rows=rows,
+        )
+
+    @contextmanager
+    def hooks(self, layers: set[int]) -> Iterator[None]:
+        """Capture hooks on the corrupted model (full pairs) and write hooks on the clean one."""
+        with ExitStack() as stack:
+            for layer in sorted(layers):
+                if not self.shared:
+                    stack.enter_context(
+                        attach(self.pair.corrupt, self.site, layer, self._capture(layer))
+                    )
+                stack.enter_context(
+                    attach(self.pair.clean, self.site, layer, self._write(layer), self.layout)
+                )
+            yield
+
+    def _capture(self, layer: int):
+        def fn(activation: Tensor) -> None:
+            if self.phase == "corrupt" and layer in self.writes:
+                self.captured[layer] = activation[:, -1].clone()
+
+        return fn
+
+    def _write(self, layer: int):
+        def fn(activation: Tensor) -> Tensor | None:
+            writes = self.writes.get(layer)
+            if self.phase != "clean" or writes is None:
+                return None
+            # Shared pairs: the corrupted rows (contexts 0..U-1) are rows of this very tensor.
+            source = activation[:, -1] if self.shared else self.captured[layer]
+            value = source[writes.sources.to(source.device)].to(activation.device)
+            new = activation.clone()
+            rows = writes.rows.to(activation.device)
+            if writes.heads is not None:  # [n, heads, head_dim]: one head per row
+                old = new[rows, -1]
+                chosen = torch.zeros(old.shape[:2], dtype=torch.bool, device=old.device)
+                chosen[torch.arange(len(rows), device=old.device), writes.heads.to(old.device)] = 1
+                value = torch.where(chosen[..., None], value, old)
+            new[rows, -1] = value
+            return new
+
+        return fn
+
+    def forward(
+        self, model, ids: Tensor, pads: Tensor, first_column: int, cache, adapters=None
+    ) -> tuple[Tensor, object]:
+        """One forward of `model` over left-padded rows: last-position logits and the cache."""
+        columns = first_column + ids.shape[1]
+        column = torch.arange(columns, device=self.device)
+        mask = (column[None] >= pads[:, None]).long()
+        positions = (column[None, first_column:] - pads[:, None]).clamp(min=0)
+        extra = {} if adapters is None else {"adapter_names": adapters}
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+            **extra,
+        )
+        return out.logits[:, -1], out.past_key_values
+
+
 class _Decoder:
-    """Greedy CMAP decoding of one batch of trajectories, sorted by target."""
+    """Greedy (or forced) CMAP decoding of one batch of trajectories."""
 
     def __init__(
         self,
-        stack: DualStack,
-        site: str,
+        engine: _Engine,
         trajectories: list[Trajectory],
         prompts: list[list[int]],
         max_new_tokens: int,
         eos: Tensor,
         mode: Mode,
+        forced: list[list[int]] | None,
     ):
-        self.stack, self.site, self.mode, self.eos = stack, site, mode, eos
-        self.max_new_tokens = max_new_tokens
+        self.engine, self.mode, self.eos = engine, mode, eos
         self.trajectories = trajectories
-        self.prompts = [prompts[t.prompt_id] for t in trajectories]
-        self.width = max(len(p) for p in self.prompts)  # the padded prompt length
-        self.capacity = self.width - 1 + max_new_tokens
-        device = stack.device
+        device = engine.device
+        own = [prompts[t.prompt_id] for t in trajectories]
+        distinct = sorted({tuple(p) for p in own})
+        self.width = max(len(p) for p in distinct)  # the padded prompt length
+        self.ctx_of = torch.tensor([distinct.index(tuple(p)) for p in own], device=device)
+        self.ctx_pad = torch.tensor([self.width - len(p) for p in distinct], device=device)
+        self.ctx_token = torch.tensor([p[-1] for p in distinct], device=device)
         self.alive = torch.arange(len(trajectories), device=device)  # chunk index of each row
-        self.tokens = torch.tensor([p[-1] for p in self.prompts], device=device)
-        self.positions = torch.tensor([len(p) - 1 for p in self.prompts], device=device)
-        self.windows = sorted({layer.window for layer in stack.layers}, key=lambda w: w or 0)
-        self._layout()
-        self._prefill()
+        self.layer = torch.tensor([t.target.layer for t in trajectories], device=device)
+        self.head = torch.tensor(
+            [-1 if t.target.head is None else t.target.head for t in trajectories], device=device
+        )
+        self.forced = None
+        if forced is not None:
+            lengths = [len(forced[t.prompt_id]) for t in trajectories]
+            self.steps_left = torch.tensor(lengths, device=device)
+            self.forced = torch.zeros(len(trajectories), max(lengths), dtype=torch.long)
+            for i, t in enumerate(trajectories):
+                self.forced[i, : lengths[i]] = torch.tensor(forced[t.prompt_id])
+            self.forced = self.forced.to(device)
+            max_new_tokens = max(lengths)
+        self.max_new_tokens = max_new_tokens
+        self.rows = {"patched": 0, "context": 0}
+        self.corrupt_cache = self.clean_cache = None
+        self._prefill(distinct)
 
     @property
-    def rows(self) -> int:
-        return self.alive.numel()
+    def n_contexts(self) -> int:
+        return self.ctx_token.numel()
 
-    def _layout(self) -> None:
-        """Forks per layer and the number of mirrored rows each layer's cache holds."""
-        targets = [self.trajectories[i].target for i in self.alive.tolist()]
-        device = self.stack.device
-        entry = [t.layer if self.site == "resid_pre" else t.layer + 1 for t in targets]
-        self.mirrored = [sum(e <= layer for e in entry) for layer in range(self.stack.n_layers)]
-        self.forks: list[Fork | None] = []
-        for layer in range(self.stack.n_layers):
-            block = [i for i, t in enumerate(targets) if t.layer == layer]
-            if not block:
-                self.forks.append(None)
-                continue
-            heads = None
-            if self.site == "head":
-                heads = torch.tensor([targets[i].head for i in block], device=device)
-            src = torch.arange(block[0], block[-1] + 1, device=device)
-            self.forks.append(Fork(self.site, src, heads=heads))
-
-    def _prefill(self) -> None:
-        """Run each distinct prompt minus its last token once per model; fill the caches."""
-        stack, rows, length = self.stack, self.rows, self.width - 1
-        device = stack.device
-        distinct = sorted({tuple(p) for p in self.prompts})
-        which = torch.tensor([distinct.index(tuple(p)) for p in self.prompts], device=device)
-        pad = torch.tensor([self.width - len(p) for p in distinct], device=device)
-        columns = torch.arange(self.capacity, device=device)
-        valid = columns[None, :] >= pad[:, None]  # [U, capacity]
-        self.valid = valid[which].repeat(3, 1)  # rows: corrupt | clean | mirror
-        shape = (stack.n_kv, self.capacity, stack.head_dim)
-        self.keys = [
-            torch.zeros(2 * rows + m, *shape, dtype=stack.dtype, device=device)
-            for m in self.mirrored
-        ]
-        self.values = [torch.zeros_like(k) for k in self.keys]
+    def _prefill(self, distinct: list[tuple[int, ...]]) -> None:
+        """Run each distinct prompt minus its last token once per model; mirror the clean rows."""
+        engine, n = self.engine, len(distinct)
+        length = self.width - 1
         if length == 0:
             return
-        n = len(distinct)
-        ids = torch.zeros(n, length, dtype=torch.long, device=device)
+        ids = torch.zeros(n, length, dtype=torch.long, device=engine.device)
         for j, prompt in enumerate(distinct):
-            ids[j, self.width - len(prompt) :] = torch.tensor(prompt[:-1], device=device)
-        positions = (columns[None, :length] - pad[:, None]).clamp(min=0)
-        rope = stack.rope(positions.repeat(2, 1))
-        masks = {w: causal_mask(valid.repeat(2, 1), length, w) for w in self.windows}
+            ids[j, self.width - len(prompt) :] = torch.tensor(prompt[:-1])
+        contexts = torch.arange(n, device=engine.device)
+        if engine.shared:
+            adapters = [engine.pair.adapter] * n + [BASE_ADAPTER] * n
+            pads = self.ctx_pad.repeat(2)
+            _, cache = engine.forward(
+                engine.pair.corrupt, ids.repeat(2, 1), pads, 0, None, adapters
+            )
+            cache.batch_select_indices(torch.cat([contexts, n + contexts, n + self.ctx_of]))
+        else:
+            _, self.corrupt_cache = engine.forward(engine.pair.corrupt, ids, self.ctx_pad, 0, None)
+            _, cache = engine.forward(engine.pair.clean, ids, self.ctx_pad, 0, None)
+            cache.batch_select_indices(torch.cat([contexts, self.ctx_of]))
+        self.clean_cache = cache
 
-        def attend(layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-            m = self.mirrored[layer]
-            for cache, new in ((self.keys[layer], k), (self.values[layer], v)):
-                cache[:rows, :, :length] = new[:n][which]
-                cache[rows : 2 * rows, :, :length] = new[n:][which]
-                cache[2 * rows :, :, :length] = new[n:][which[:m]]
-            spec = stack.layers[layer]
-            return attention(q, k, v, masks[spec.window], spec.scaling)
-
-        x = stack.embed(ids.repeat(2, 1), n)
-        for layer in range(stack.n_layers):
-            x = stack.layer(layer, x, n, rope, attend)
+    def _plan(self, patched_offset: int) -> None:
+        """Tell the write hooks which rows of this step's clean forward each layer patches."""
+        writes = {}
+        for layer in torch.unique(self.layer[self.alive]).tolist():
+            members = (self.layer[self.alive] == layer).nonzero()[:, 0]
+            heads = self.head[self.alive][members]
+            writes[layer] = _Writes(
+                rows=patched_offset + members,
+                sources=self.ctx_of[members],
+                heads=None if self.engine.site != "head" else heads,
+            )
+        self.engine.writes = writes
 
     def _step(self, column: int) -> dict[str, Tensor]:
         """Advance every row by one token at cache column `column`; the step's metrics."""
-        stack, rows = self.stack, self.rows
-        x = stack.embed(self.tokens.repeat(2)[:, None], rows)  # [2R, 1, d]
-        rope = stack.rope(self.positions.repeat(3)[:, None])
-        masks = {w: causal_mask(self.valid, 1, w, offset=column) for w in self.windows}
-        transient = self.mode == "transient"
-
-        def attend(layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-            keys, values = self.keys[layer], self.values[layer]
-            keys[:, :, column] = k[:, :, 0]
-            values[:, :, column] = v[:, :, 0]
-            spec = stack.layers[layer]
-            z = attention(
-                q,
-                keys[:, :, : column + 1],
-                values[:, :, : column + 1],
-                masks[spec.window][: keys.shape[0]],
-                spec.scaling,
+        engine, n = self.engine, self.n_contexts
+        tokens, pads = self.ctx_token[:, None], self.ctx_pad
+        patched_tokens, patched_pads = tokens[self.ctx_of], pads[self.ctx_of]
+        if engine.shared:
+            clean_offset, patched_offset = n, 2 * n
+            self._plan(patched_offset)
+            adapters = [engine.pair.adapter] * n + [BASE_ADAPTER] * (n + len(self.ctx_of))
+            engine.phase = "clean"
+            logits, self.clean_cache = engine.forward(
+                engine.pair.corrupt,
+                torch.cat([tokens, tokens, patched_tokens]),
+                torch.cat([pads, pads, patched_pads]),
+                column,
+                self.clean_cache,
+                adapters,
             )
-            m = self.mirrored[layer]
-            if transient and m:  # the patched keys/values were for this pass only
-                keys[2 * rows :, :, column] = keys[rows : rows + m, :, column]
-                values[2 * rows :, :, column] = values[rows : rows + m, :, column]
-            return z
-
-        for layer in range(stack.n_layers):
-            x = stack.layer(layer, x, rows, rope, attend, self.forks[layer])
-        logits = stack.logits(x, rows)[:, 0]  # [3R, vocab]
-        return step_metrics(logits[:rows], logits[rows : 2 * rows], logits[2 * rows :])
-
-    def _drop(self, keep: Tensor) -> None:
-        """Remove finished rows (keep: sorted row indices) from the state and the caches."""
-        rows = self.rows
-        old_mirrored = self.mirrored
-        self.alive, self.tokens, self.positions = (
-            self.alive[keep],
-            self.tokens[keep],
-            self.positions[keep],
+            corrupt_logits = logits[:n]
+        else:
+            clean_offset, patched_offset = 0, n
+            self._plan(patched_offset)
+            engine.phase = "corrupt"
+            corrupt_logits, self.corrupt_cache = engine.forward(
+                engine.pair.corrupt, tokens, pads, column, self.corrupt_cache
+            )
+            engine.phase = "clean"
+            logits, self.clean_cache = engine.forward(
+                engine.pair.clean,
+                torch.cat([tokens, patched_tokens]),
+                torch.cat([pads, patched_pads]),
+                column,
+                self.clean_cache,
+            )
+        engine.phase, engine.writes = None, {}
+        engine.captured.clear()
+        if self.mode == "transient":  # the patched keys/values were for this step only
+            _reset_newest(self.clean_cache, patched_offset, clean_offset + self.ctx_of)
+        self.rows["patched"] += len(self.ctx_of)
+        self.rows["context"] += n
+        clean_logits = logits[clean_offset : clean_offset + n]
+        return step_metrics(
+            corrupt_logits[self.ctx_of], clean_logits[self.ctx_of], logits[patched_offset:]
         )
-        self.valid = self.valid[torch.cat([keep, keep + rows, keep + 2 * rows])]
-        self._layout()
-        for layer, m in enumerate(old_mirrored):
-            kept_mirror = keep[keep < m] + 2 * rows
-            index = torch.cat([keep, keep + rows, kept_mirror])
-            self.keys[layer] = self.keys[layer][index]
-            self.values[layer] = self.values[layer][index]
+
+    def _advance(self, keep: Tensor, next_tokens: Tensor) -> None:
+        """Keep the live trajectories (`keep`: their row indices), append each one's next token,
+        and regroup them by context: a context splits where its trajectories' tokens differ."""
+        n, live = self.n_contexts, len(self.ctx_of)
+        key = self.ctx_of[keep] * self.engine.vocab + next_tokens[keep]
+        unique, self.ctx_of = torch.unique(key, return_inverse=True)
+        parent = unique // self.engine.vocab
+        self.ctx_token, self.ctx_pad = unique % self.engine.vocab, self.ctx_pad[parent]
+        self.alive = self.alive[keep]
+        same_contexts = parent.numel() == n and bool(
+            (parent == torch.arange(n, device=parent.device)).all()
+        )
+        if same_contexts and len(keep) == live:
+            return  # nobody finished, no context split: the caches stay as they are
+        if self.engine.shared:
+            index = torch.cat([parent, n + parent, 2 * n + keep])
+        else:
+            self.corrupt_cache.batch_select_indices(parent)
+            index = torch.cat([parent, n + keep])
+        self.clean_cache.batch_select_indices(index)
 
     def run(self) -> tuple[dict[str, Tensor], list[list[int]]]:
         """Decode to the end; per-step metrics as flat tensors and each trajectory's tokens."""
@@ -257,28 +397,36 @@ class _Decoder:
         tokens: list[list[int]] = [[] for _ in self.trajectories]
         for step in range(self.max_new_tokens):
             metrics = self._step(self.width - 1 + step)
-            next_tokens = metrics["y_patch"]
+            if self.forced is None:
+                next_tokens = metrics["y_patch"]
+                finished = torch.isin(next_tokens, self.eos)
+            else:
+                next_tokens = self.forced[self.alive, step]
+                finished = self.steps_left[self.alive] == step + 1
             record = {k: v.cpu() for k, v in metrics.items()}
+            record["token_id"] = next_tokens.cpu()
             record["row"] = self.alive.cpu()
-            record["step"] = torch.full((self.rows,), step)
+            record["step"] = torch.full((len(self.alive),), step)
             records.append(record)
-            for row, token in zip(record["row"].tolist(), record["y_patch"].tolist(), strict=True):
+            for row, token in zip(record["row"].tolist(), record["token_id"].tolist(), strict=True):
                 tokens[row].append(token)
-            finished = torch.isin(next_tokens, self.eos)
             if step + 1 == self.max_new_tokens or bool(finished.all()):
                 break
-            self.tokens = next_tokens
-            self.positions = self.positions + 1
-            if bool(finished.any()):
-                self._drop((~finished).nonzero()[:, 0])
+            self._advance((~finished).nonzero()[:, 0], next_tokens)
         flat = {k: torch.cat([r[k] for r in records]) for k in records[0]}
         flat["prompt_id"] = torch.tensor([t.prompt_id for t in self.trajectories])[flat["row"]]
-        layers = torch.tensor([t.target.layer for t in self.trajectories])
-        heads = torch.tensor(
-            [-1 if t.target.head is None else t.target.head for t in self.trajectories]
-        )
-        flat["layer"], flat["head"] = layers[flat["row"]], heads[flat["row"]]
+        flat["layer"], flat["head"] = self.layer.cpu()[flat["row"]], self.head.cpu()[flat["row"]]
         return flat, tokens
+
+
+def _reset_newest(cache, first_patched: int, clean_rows: Tensor) -> None:
+    """Set the newest cache column of the patched rows (from `first_patched` on) to their
+    contexts' clean rows', in every layer."""
+    patched = first_patched + torch.arange(len(clean_rows), device=clean_rows.device)
+    for layer in cache.layers:
+        for states in (layer.keys, layer.values):
+            index = clean_rows.to(states.device)
+            states[patched.to(states.device), :, -1] = states[index, :, -1]
 
 
 def _steps_table(chunks: list[dict[str, Tensor]], site: str) -> pl.DataFrame:
@@ -286,11 +434,9 @@ def _steps_table(chunks: list[dict[str, Tensor]], site: str) -> pl.DataFrame:
     frame = pl.DataFrame(columns).with_columns(
         pl.lit(site).alias("site"),
         pl.when(pl.col("head") >= 0).then(pl.col("head")).cast(pl.Int64).alias("head"),
-        pl.col("y_patch").alias("token_id"),
         pl.col("cts").fill_nan(None),
     )
-    order = ["prompt_id", "site", "layer", "head", "step", "token_id"]
-    order += [c for c in STEP_COLUMNS if c != "y_patch"]
+    order = ["prompt_id", "site", "layer", "head", "step", "token_id", *STEP_COLUMNS]
     return frame.select(order).sort("prompt_id", "layer", "head", "step", nulls_last=True)
 
 

@@ -1,7 +1,7 @@
 """Forward hooks on patch sites, only inside context managers that always remove them.
 
-For reading or editing one site of an HF model by hand (notebooks, references, checks). The
-CMAP engines do not need hooks: they step through the layers themselves.
+The one way the patcher reads or writes an activation: the CMAP engine, the reference, the
+analyses and notebooks all go through `attach`.
 """
 
 from __future__ import annotations
@@ -9,44 +9,27 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from peft import PeftModel
 from torch import Tensor, nn
 
-from patchers.errors import PatchError
-from patchers.sites import SITES
+from patchers.sites import Layout, site_module
 
 # fn(activation) -> a new activation, or None to leave it. Activations are [batch, pos, d_model],
 # or [batch, pos, heads, head_dim] for the `head` site.
 SiteFn = Callable[[Tensor], Tensor | None]
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layers of an HF causal LM (or of a PeftModel's base model)."""
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
-    layers = getattr(getattr(base, "model", None), "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise PatchError(f"{type(base).__name__} is not laid out as model.model.layers")
-    return layers
-
-
 @contextmanager
-def attach(model: nn.Module, site: str, layer: int, fn: SiteFn) -> Iterator[None]:
+def attach(
+    model: nn.Module, site: str, layer: int, fn: SiteFn, layout: Layout | None = None
+) -> Iterator[None]:
     """Run `fn` on the activation at `site` of `layer` during every forward inside the block."""
-    if site not in SITES:
-        raise PatchError(f"unknown site {site!r}; known: {', '.join(SITES)}")
-    layers = decoder_layers(model)
-    if not 0 <= layer < len(layers):
-        raise PatchError(f"layer {layer} out of range; the model has layers 0..{len(layers) - 1}")
-    block = layers[layer]
-    if site == "resid_pre":
-        handle = block.register_forward_pre_hook(_pre_hook(fn), with_kwargs=True)
-    elif site == "head":
-        heads = block.self_attn.config.num_attention_heads
-        handle = block.self_attn.o_proj.register_forward_pre_hook(
-            _head_hook(fn, heads), with_kwargs=True
-        )
+    module, reads_input = site_module(model, site, layer, layout)
+    if site == "head":
+        heads = model.config.num_attention_heads
+        handle = module.register_forward_pre_hook(_head_hook(fn, heads), with_kwargs=True)
+    elif reads_input:
+        handle = module.register_forward_pre_hook(_pre_hook(fn), with_kwargs=True)
     else:
-        module = {"resid_post": block, "attn_out": block.self_attn, "mlp_out": block.mlp}[site]
         handle = module.register_forward_hook(_output_hook(fn))
     try:
         yield

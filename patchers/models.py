@@ -12,13 +12,11 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
-from peft.tuners.lora import Linear as LoraLinear
-from peft.tuners.tuners_utils import BaseTunerLayer
-from peft.utils.other import AuxiliaryTrainingWrapper
+from peft.tuners.lora import LoraLayer, ParamWrapper
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from patchers.errors import PatchError
-from patchers.sites import check_family
+from patchers.sites import layout_for_config, layout_of
 
 # Config fields that must agree for activations of one model to mean anything in the other.
 ARCHITECTURE_FIELDS = (
@@ -36,9 +34,6 @@ ARCHITECTURE_FIELDS = (
     "layer_types",
 )
 
-# The linear maps of a decoder layer that a shared-base LoRA adapter may target.
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -54,7 +49,7 @@ class ModelPair:
     corrupt: PreTrainedModel | PeftModel
 
     def __post_init__(self) -> None:
-        check_family(self.clean.config)
+        layout_of(self.clean)
         if isinstance(self.corrupt, PeftModel):
             if self.corrupt.get_base_model() is not self.clean:
                 raise PatchError(
@@ -75,7 +70,6 @@ class ModelPair:
 
 def check_same_architecture(clean_config, corrupt_config) -> None:
     """Raise when two configs differ in a field that changes the architecture or vocabulary."""
-    check_family(corrupt_config)
     pairs = {
         f: (getattr(clean_config, f, None), getattr(corrupt_config, f, None))
         for f in ARCHITECTURE_FIELDS
@@ -88,8 +82,9 @@ def check_same_architecture(clean_config, corrupt_config) -> None:
 def shared_base_problem(peft_model: PeftModel) -> str | None:
     """Why an adapter cannot share the base weights with the clean rows, or None if it can.
 
-    The engine adds plain LoRA deltas to the decoder layers' linear maps; anything else (DoRA
-    and other variants, modules_to_save, adapted embeddings or norms) needs a merged copy.
+    The engine runs clean, corrupted and patched rows in one forward of the PeftModel with peft's
+    mixed-adapter batches, which serve plain LoRA layers (and modules_to_save) but not the LoRA
+    variants (DoRA and others) or other adapter types; those need a merged copy.
     """
     if len(peft_model.peft_config) != 1:
         return "the PeftModel must carry exactly one adapter"
@@ -97,12 +92,9 @@ def shared_base_problem(peft_model: PeftModel) -> str | None:
     if getattr(peft_model.peft_config[name], "peft_type", None) != "LORA":
         return "only LoRA adapters can share the base weights"
     for path, module in peft_model.get_base_model().named_modules():
-        if not isinstance(module, BaseTunerLayer | AuxiliaryTrainingWrapper):
-            continue
-        leaf = path.rsplit(".", 1)[-1]
-        if not isinstance(module, LoraLinear) or leaf not in LORA_TARGETS:
-            return f"the adapter changes {path!r}, which the shared-base engine does not adapt"
-        if name in module.lora_variant:
+        if isinstance(module, ParamWrapper):
+            return f"the adapter wraps the parameters of {path!r}, which peft cannot batch"
+        if isinstance(module, LoraLayer) and name in getattr(module, "lora_variant", {}):
             return f"the adapter uses a LoRA variant (e.g. DoRA) on {path!r}"
     return None
 
@@ -119,7 +111,7 @@ def load_pair(
     clean_dir = _existing_dir(clean_path, "clean model")
     corrupt_dir = _existing_dir(corrupt_path, "corrupted model")
     clean_config = _load_config(clean_dir, trust_remote_code)
-    check_family(clean_config)
+    layout_for_config(clean_config, trust_remote_code)
     clean = _load_model(clean_dir, torch_dtype, device, trust_remote_code)
     if (corrupt_dir / "adapter_config.json").is_file():
         check_same_vocabulary(clean_dir, corrupt_dir)

@@ -61,12 +61,76 @@ def test_mismatched_architecture_is_refused(clean_model):
         ModelPair(clean_model, tiny_model("llama"))
 
 
-def test_unsupported_architecture_is_refused():
-    from transformers import GPT2Config, GPT2LMHeadModel
+def tiny_opt(seed: int = 0):
+    """A family outside the site table (OPT: `model.decoder.layers`, no MLP module)."""
+    from transformers import AutoModelForCausalLM, OPTConfig
 
-    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50))
-    with pytest.raises(PatchError, match="unsupported architecture 'gpt2'; supported"):
+    config = OPTConfig(
+        vocab_size=97,
+        hidden_size=64,
+        ffn_dim=128,
+        word_embed_proj_dim=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        initializer_range=0.2,
+        pad_token_id=None,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def test_a_model_without_decoder_layers_is_refused():
+    gpt2 = tiny_model("gpt2")
+    gpt2.transformer.h = torch.nn.Sequential(*gpt2.transformer.h)
+    with pytest.raises(
+        PatchError, match=r"GPT2LMHeadModel \('gpt2'\) has no decoder layers at 'transformer.h'"
+    ):
         ModelPair(gpt2, gpt2)
+
+
+def test_a_family_outside_the_table_goes_through_the_generic_path():
+    """OPT is laid out from its module names, self-tested, then matches the reference."""
+    from matching import assert_matches_reference
+    from tiny_models import perturbed
+
+    from patchers.reference import full_model_side
+    from patchers.sites import layout_of
+
+    clean = tiny_opt()
+    corrupt = perturbed(clean, scale=0.1)
+    layout = layout_of(clean)
+    assert (layout.layers, layout.head, layout.mlp_out) == (
+        "model.decoder.layers",
+        "self_attn.out_proj",
+        None,
+    )
+    sides = full_model_side(clean), full_model_side(corrupt)
+    for site, heads in (("resid_post", None), ("head", [1])):
+        result = run_cmap(
+            ModelPair(clean, corrupt), PROMPTS, site=site, heads=heads, max_new_tokens=4
+        )
+        assert_matches_reference(result, *sides, site, PROMPTS, 4, heads)
+    with pytest.raises(
+        PatchError,
+        match=r"model_type 'opt' has no 'mlp_out' site .*; it offers: resid_pre, resid_post, "
+        "attn_out, head",
+    ):
+        run_cmap(ModelPair(clean, corrupt), PROMPTS, site="mlp_out")
+
+
+def test_the_self_test_stops_an_engine_that_misses_the_reference(monkeypatch):
+    """Break the transient reset: the generic path refuses to run instead of returning
+    persistent-mode numbers as transient ones."""
+    from tiny_models import perturbed
+
+    import patchers.cmap
+
+    monkeypatch.setattr(patchers.cmap, "_reset_newest", lambda *args: None)
+    clean = tiny_opt()
+    with pytest.raises(PatchError, match="does not reproduce a full forward of model_type 'opt'"):
+        run_cmap(ModelPair(clean, perturbed(clean, scale=0.5)), PROMPTS, site="resid_pre")
 
 
 @pytest.mark.parametrize("site", SITES)

@@ -23,11 +23,10 @@ def model_dirs(tmp_path_factory):
     adapter = with_adapter(tiny_model())
     adapter.save_pretrained(root / "adapter")
     tiny_model(vocab_size=101).save_pretrained(root / "other_vocab")
-    from transformers import GPT2Config, GPT2LMHeadModel
+    tiny_model("gpt2").save_pretrained(root / "gpt2")
+    from transformers import T5Config
 
-    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=97)).save_pretrained(
-        root / "gpt2"
-    )
+    T5Config(vocab_size=97, d_model=32, num_layers=2).save_pretrained(root / "t5")
     (root / "empty").mkdir()
     (root / "broken").mkdir()
     (root / "broken" / "config.json").write_text("{not json")
@@ -65,8 +64,9 @@ def test_bfloat16_loading(model_dirs):
         ("clean", "empty", "has neither config.json .* nor adapter_config.json"),
         ("broken", "corrupt", "cannot read the config in .*broken"),
         ("clean", "other_vocab", r"vocab_size \(97 vs 101\)"),
-        ("gpt2", "corrupt", "unsupported architecture 'gpt2'"),
-        ("clean", "gpt2", "unsupported architecture 'gpt2'"),
+        ("gpt2", "corrupt", r"configs differ: model_type \('gpt2' vs 'qwen3'\)"),
+        ("clean", "gpt2", r"configs differ: model_type \('qwen3' vs 'gpt2'\)"),
+        ("t5", "corrupt", "model_type 't5' is not a causal LM transformers can build"),
     ],
 )
 def test_bad_pairs_are_refused(model_dirs, clean, corrupt, message):
@@ -91,7 +91,7 @@ def test_different_tokenizers_are_refused(model_dirs, tmp_path):
 
 
 def adapter_with_saved_head():
-    """An adapter that also trains the LM head: its base cannot serve the clean rows as is."""
+    """An adapter that also trains the LM head (peft's modules_to_save)."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], modules_to_save=["lm_head"])
@@ -103,22 +103,42 @@ def adapter_with_saved_head():
     return peft_model.eval()
 
 
-def test_adapter_that_cannot_share_the_base_is_merged(tmp_path):
+def test_an_adapter_with_a_saved_head_shares_the_base():
+    """peft's mixed-adapter batch routes the saved head too: the pair matches the reference."""
+    from matching import assert_matches_reference
+
+    from patchers.models import ModelPair
+    from patchers.reference import adapter_sides
+
+    peft_model = adapter_with_saved_head()
+    pair = ModelPair(peft_model.get_base_model(), peft_model)
+    result = run_cmap(pair, PROMPTS, site="resid_post", max_new_tokens=3)
+    assert_matches_reference(result, *adapter_sides(peft_model), "resid_post", PROMPTS, 3)
+
+
+def test_a_dora_adapter_is_merged_into_its_own_copy(tmp_path):
+    """peft cannot mix DoRA with plain rows in one batch: load_pair merges it into a copy."""
+    from peft import LoraConfig, get_peft_model
     from peft import PeftModel as Peft
 
     from patchers.models import ModelPair
 
-    peft_model = adapter_with_saved_head()
-    with pytest.raises(PatchError, match="does not adapt; merge the adapter"):
-        ModelPair(peft_model.get_base_model(), peft_model)
-    peft_model.save_pretrained(tmp_path / "adapter")
+    dora = get_peft_model(tiny_model(), LoraConfig(r=4, target_modules=["q_proj"], use_dora=True))
+    with torch.no_grad():
+        for name, param in dora.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.3 * torch.randn_like(param))
+    dora.eval()
+    with pytest.raises(PatchError, match=r"LoRA variant .* merge the adapter"):
+        ModelPair(dora.get_base_model(), dora)
+    dora.save_pretrained(tmp_path / "adapter")
     tiny_model().save_pretrained(tmp_path / "clean")
     pair = load_pair(tmp_path / "clean", tmp_path / "adapter")
     assert pair.adapter is None and not isinstance(pair.corrupt, Peft)
     assert not any("lora" in name for name, _ in pair.clean.named_modules())
     steps = run_cmap(pair, PROMPTS, layers=[0], max_new_tokens=1).steps.sort("prompt_id")
     with torch.no_grad():
-        expected = [int(peft_model(torch.tensor([p])).logits[0, -1].argmax()) for p in PROMPTS]
+        expected = [int(dora(torch.tensor([p])).logits[0, -1].argmax()) for p in PROMPTS]
         fresh = tiny_model()  # the same weights as the saved clean model
         clean = [int(fresh(torch.tensor([p])).logits[0, -1].argmax()) for p in PROMPTS]
     assert steps["y_corrupt"].to_list() == expected

@@ -2,7 +2,9 @@
 
 Every step re-runs the whole sequence without a cache through the corrupted model (capturing the
 site's activation), the clean model, and the clean model with that activation written in at the
-last position (or, for "persistent", at every position from the last prompt token on).
+last position (or, for "persistent", at every position from the last prompt token on), all with
+hooks on the models' own full forward. The tests hold the engine to it on every family, and
+`self_test` holds it to it on a model outside the family table before a long run.
 """
 
 from __future__ import annotations
@@ -22,6 +24,13 @@ class Side:
 
     module: nn.Module
     forward: Callable[[Tensor], Tensor]
+
+
+def pair_sides(pair) -> tuple[Side, Side]:
+    """(clean, corrupted) sides of a `ModelPair`."""
+    if pair.adapter is not None:
+        return adapter_sides(pair.corrupt)
+    return full_model_side(pair.clean), full_model_side(pair.corrupt)
 
 
 def full_model_side(model: nn.Module) -> Side:
@@ -114,3 +123,43 @@ def reference_cmap(
             if token in eos_token_ids:
                 break
     return records
+
+
+def self_test(pair, site: str, prompt: list[int], mode: str = "transient", steps: int = 2) -> None:
+    """Check the engine against this reference on one short trajectory (the middle layer, head 0
+    for `head`) before a long run on a model outside the family table; raise if they differ."""
+    from patchers.cmap import _Engine
+    from patchers.errors import PatchError
+    from patchers.sites import Target
+
+    config = pair.clean.config
+    layer, head = config.num_hidden_layers // 2, 0 if site == "head" else None
+    prompt = list(prompt)[-16:]
+    ours = (
+        _Engine(pair, site)
+        .run([Target(layer, head)], [prompt], steps, (), mode, 1)
+        .steps.sort("step")
+        .to_dicts()
+    )
+    clean, corrupt = pair_sides(pair)
+    ref = reference_cmap(
+        clean, corrupt, prompt, site, layer, head, steps, persistent=mode == "persistent"
+    )
+    dtype = pair.clean.get_input_embeddings().weight.dtype
+    tolerance = 1e-3 if dtype == torch.float32 else 5e-2
+    for a, b in zip(ours, ref, strict=True):
+        same_tokens = (a["token_id"], a["y_clean"], a["y_corrupt"]) == (
+            b["token_id"],
+            b["y_clean"],
+            b["y_corrupt"],
+        )
+        close = all(
+            abs(a[key] - b[key]) <= tolerance * (1 + abs(b[key]))
+            for key in ("dl_patch", "dl_clean", "dl_corrupt")
+        )
+        if not (same_tokens and close):
+            raise PatchError(
+                f"the patcher does not reproduce a full forward of model_type "
+                f"{config.model_type!r} at site {site!r} (layer {layer}, step {a['step']}); "
+                "its layers need a row in patchers.sites.LAYOUTS"
+            )
