@@ -32,7 +32,7 @@ the continuation's tokens in place of the patched argmax.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -43,7 +43,7 @@ from torch import Tensor
 from patchers.errors import PatchError
 from patchers.hooks import attach
 from patchers.metrics import STEP_COLUMNS, step_metrics
-from patchers.models import ModelPair
+from patchers.models import ModelPair, bare
 from patchers.sites import LAYOUTS, Layout, Target, layout_of, resolve_targets
 
 Mode = Literal["transient", "persistent"]
@@ -232,15 +232,16 @@ class _Engine:
         mask = (column[None] >= pads[:, None]).long()
         positions = (column[None, first_column:] - pads[:, None]).clamp(min=0)
         extra = {} if adapters is None else {"adapter_names": adapters}
-        out = model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-            **extra,
-        )
+        with nullcontext() if self.shared else bare(model):
+            out = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+                **extra,
+            )
         return out.logits[:, -1], out.past_key_values
 
 

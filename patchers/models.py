@@ -7,12 +7,15 @@ model. With an adapter, one copy of the base weights serves clean, corrupted and
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer, ParamWrapper
+from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from patchers.errors import PatchError
@@ -66,6 +69,22 @@ class ModelPair:
     def adapter(self) -> str | None:
         """The active adapter's name, or None when the corrupted model is a full model."""
         return self.corrupt.active_adapter if isinstance(self.corrupt, PeftModel) else None
+
+
+@contextmanager
+def bare(model: PreTrainedModel) -> Iterator[None]:
+    """Run a model as itself, without the LoRA layers peft may have attached to its modules (a
+    PeftModel's base model run on its own would otherwise be the adapted model)."""
+    attached = [
+        m for m in model.modules() if isinstance(m, BaseTunerLayer) and not m.disable_adapters
+    ]
+    for module in attached:
+        module.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for module in attached:
+            module.enable_adapters(True)
 
 
 def check_same_architecture(clean_config, corrupt_config) -> None:

@@ -34,7 +34,14 @@ def pair_sides(pair) -> tuple[Side, Side]:
 
 
 def full_model_side(model: nn.Module) -> Side:
-    return Side(model, lambda ids: model(input_ids=ids, use_cache=False).logits[0])
+    """A model run as itself (any adapter layers peft attached to it switched off)."""
+    from patchers.models import bare
+
+    def forward(ids: Tensor) -> Tensor:
+        with bare(model):
+            return model(input_ids=ids, use_cache=False).logits[0]
+
+    return Side(model, forward)
 
 
 def adapter_sides(peft_model) -> tuple[Side, Side]:
