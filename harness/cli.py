@@ -282,11 +282,16 @@ def compare(
 
 @app.command()
 def patch(
-    clean: Annotated[str, typer.Option(help="Clean model directory, hub id or zoo:clean.")],
-    corrupt: Annotated[
-        str, typer.Option(help="Corrupted model or PEFT adapter directory, or zoo:corrupt.")
-    ],
-    out: Annotated[Path, typer.Option(help="Output directory for the parquet files.")],
+    config: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Experiment YAML: its models, prompt and patch sections (see configs/). "
+            "Without it, --clean and --corrupt name the pair and the rest are defaults."
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Output directory for the parquet files.")] = Path(
+        "results/patch"
+    ),
     prompt: Annotated[str | None, typer.Option(help="One question to patch.")] = None,
     prompts: Annotated[
         Path | None,
@@ -295,74 +300,105 @@ def patch(
             "'question' or 'prompt' column (e.g. flagged.parquet)."
         ),
     ] = None,
-    layers: Annotated[str, typer.Option(help="'all' or comma-separated indices.")] = "all",
+    overrides: SetOpt = None,
+    clean: Annotated[
+        str | None, typer.Option(help="models.clean: directory, hub id or zoo:clean.")
+    ] = None,
+    corrupt: Annotated[
+        str | None, typer.Option(help="models.corrupt: model or PEFT adapter, or zoo:corrupt.")
+    ] = None,
     site: Annotated[
-        str, typer.Option(help="resid_pre, resid_post, attn_out, mlp_out or head.")
-    ] = "resid_post",
-    heads: Annotated[str | None, typer.Option(help="For site=head: 'all' or indices.")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Generated tokens per trajectory.")] = 256,
-    dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "float32",
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+        str | None,
+        typer.Option(help="patch.sites, comma-separated: resid_pre, resid_post, attn_out, "
+                     "mlp_out, head."),
+    ] = None,
+    layers: Annotated[str | None, typer.Option(help="patch.layers: 'all' or indices.")] = None,
+    heads: Annotated[
+        str | None, typer.Option(help="patch.heads, for the head site: 'all' or indices.")
+    ] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="patch.max_new_tokens (default: eval.max_new_tokens).")
+    ] = None,
+    dtype: Annotated[str | None, typer.Option(help="patch.dtype: float32 or bfloat16.")] = None,
+    device: Annotated[str | None, typer.Option(help="patch.device: auto, cpu or cuda.")] = None,
     mode: Annotated[
-        str, typer.Option(help="transient (the paper's) or persistent (patched states cached).")
-    ] = "transient",
+        str | None, typer.Option(help="patch.mode: transient (the paper's) or persistent.")
+    ] = None,
     chat_template: Annotated[
-        bool, typer.Option(help="Wrap prompts in the tokenizer's chat template.")
-    ] = True,
-    system_prompt: Annotated[str | None, typer.Option(help="System message, if any.")] = None,
+        bool | None, typer.Option(help="prompt.chat_template: wrap in the chat template.")
+    ] = None,
+    system_prompt: Annotated[str | None, typer.Option(help="prompt.system_prompt.")] = None,
     thinking: Annotated[
-        bool, typer.Option(help="enable_thinking for templates that know it (Qwen3).")
-    ] = False,
-    trust_remote_code: Annotated[bool, typer.Option(help="Allow models' own code.")] = False,
+        bool | None, typer.Option(help="prompt.enable_thinking (templates that know it).")
+    ] = None,
+    trust_remote_code: Annotated[
+        bool | None, typer.Option(help="models.trust_remote_code: allow models' own code.")
+    ] = None,
 ) -> None:
     """Cross-model activation patching: corrupted activations into the clean model, per layer.
 
     At every generated token the clean model's activation at the site (last position) is
     replaced by the corrupted model's; writes `prompts.parquet`, `steps.parquet` (CTS per
-    layer and step; null where undefined) and `texts.parquet` (patched generations).
+    layer and step; null where undefined) and `texts.parquet` (patched generations). The
+    settings are an experiment's (`CONFIG`, `--set`); each option sets the key it names.
 
-    Example: `harness patch --clean zoo:clean --corrupt zoo:corrupt
-    --prompt "Solve for x: 2x + 3 = 7" --layers all --out results/p1`
+    Example: `harness patch configs/demo.yaml --prompts results/demo/eval/flagged.parquet
+    --out results/p1`, or `harness patch --clean zoo:clean --corrupt zoo:corrupt
+    --prompt "Solve for x: 2x + 3 = 7" --site resid_post,head --out results/p1`
     """
+    from harness.config import experiment_from
+    from harness.errors import ConfigError
     from harness.models import resolve
     from harness.patch import load_models, read_prompts, run_patch
-    from harness.preflight import check_patch_flags
-    from tasks.prompt_format import PromptFormat
+    from harness.pipeline.patching import device_for
+    from harness.preflight import patch_problems
 
-    clean_ref, corrupt_ref = resolve(clean), resolve(corrupt)
-    layer_list, head_list = check_patch_flags(
-        clean=clean_ref, site=site, layers=layers, heads=heads, mode=mode, dtype=dtype,
-        device=device,
-    )  # fmt: skip
+    flags = {
+        "models": {"clean": clean, "corrupt": corrupt, "trust_remote_code": trust_remote_code},
+        "prompt": {
+            "chat_template": chat_template,
+            "system_prompt": system_prompt,
+            "enable_thinking": thinking,
+        },
+        "patch": {
+            "sites": None if site is None else [s.strip() for s in site.split(",")],
+            "layers": _index_flag(layers),
+            "heads": _index_flag(heads),
+            "max_new_tokens": max_new_tokens,
+            "dtype": dtype,
+            "device": device,
+            "mode": mode,
+        },
+    }
+    cfg = experiment_from(config, overrides, flags)
+    if cfg.models.corrupt is None:
+        raise ConfigError("models.corrupt: not set; give --corrupt (or set it in the config)")
+    clean_ref, corrupt_ref = resolve(cfg.models.clean), resolve(cfg.models.corrupt)
+    problems = patch_problems(cfg, clean_ref)
+    if problems:
+        raise ConfigError("; ".join(problems))
     questions = read_prompts(prompt, prompts)
-    models = load_models(clean_ref, corrupt_ref, dtype=dtype, device=device,
-                         trust_remote_code=trust_remote_code)  # fmt: skip
-    outputs = run_patch(
-        clean_ref,
-        corrupt_ref,
-        questions,
-        out,
-        site=site,
-        layers=layer_list,
-        heads=head_list if site == "head" else None,
-        max_new_tokens=max_new_tokens,
-        dtype=dtype,
-        device=device,
-        mode=mode,
-        prompt_format=PromptFormat(
-            chat_template=chat_template, system_prompt=system_prompt, enable_thinking=thinking
-        ),
-        trust_remote_code=trust_remote_code,
-        models=models,
-    )
+    limit = cfg.patch.token_limit(cfg.eval.max_new_tokens)
+    models = load_models(clean_ref, corrupt_ref, dtype=cfg.patch.dtype,
+                         device=device_for(cfg.patch.device),
+                         trust_remote_code=cfg.models.trust_remote_code)  # fmt: skip
+    outputs = run_patch(models, questions, out, cfg.patch, cfg.prompt, limit)
     steps = outputs.steps
     defined = steps["cts"].is_not_null().mean() if steps.height else 0.0
     typer.echo(
         f"{len(questions)} prompt(s), {outputs.texts.height} trajectories, {steps.height} steps "
-        f"(CTS defined on {defined:.0%}); wrote {out}/prompts.parquet, steps.parquet, texts.parquet"
+        f"(CTS defined on {defined:.0%}), {cfg.patch.dtype}; wrote {out}/prompts.parquet, "
+        "steps.parquet, texts.parquet"
     )
-    if not check_cli_patch(models, outputs, max_new_tokens, mode, out):
+    if not check_cli_patch(models, outputs, limit, cfg.patch.mode, out):
         raise typer.Exit(1)
+
+
+def _index_flag(text: str | None) -> str | list[int] | None:
+    """``--layers``/``--heads``: 'all', or comma-separated indices (validated by the config)."""
+    if text is None or text.strip().lower() == "all":
+        return None if text is None else "all"
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def check_cli_patch(models, outputs, max_new_tokens: int, mode: str, out: Path) -> bool:

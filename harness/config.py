@@ -207,6 +207,15 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read and validate an experiment file; raises ``ConfigError`` with one readable line."""
+    data = merge(read_yaml(path), parse_overrides(overrides or []))
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {describe(exc)}") from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """An experiment file's mapping, unvalidated; ``ConfigError`` if it is missing or not one."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -221,11 +230,35 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
         raise ConfigError(
             f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}"
         )
-    data = merge(data, parse_overrides(overrides or []))
+    return data
+
+
+def experiment_from(
+    path: str | Path | None, overrides: list[str] | None = None, flags: dict | None = None
+) -> ExperimentConfig:
+    """An experiment from a YAML file (or, without one, from nothing but its defaults), then
+    ``--set`` overrides, then the nested ``flags`` a command's options set (None: not given).
+    What ``harness patch`` builds, so its options and a config file make the same objects."""
+    data = read_yaml(path) if path is not None else {"name": "patch", "models": {}}
+    data = merge(merge(data, parse_overrides(overrides or [])), _given(flags or {}))
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {describe(exc)}") from None
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{describe(exc)}") from None
+
+
+def _given(flags: dict) -> dict:
+    """Nested flags without the ones left unset (None), and without emptied sections."""
+    kept = {}
+    for key, value in flags.items():
+        if isinstance(value, dict):
+            value = _given(value)
+            if value:
+                kept[key] = value
+        elif value is not None:
+            kept[key] = value
+    return kept
 
 
 def describe(exc: ValidationError) -> str:

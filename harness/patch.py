@@ -27,6 +27,7 @@ from harness.errors import HarnessError
 from tasks.prompt_format import PromptFormat
 
 if TYPE_CHECKING:
+    from harness.config import PatchConfig
     from patchers.models import ModelPair
 
 OUTPUT_FILES = ("prompts.parquet", "steps.parquet", "texts.parquet")
@@ -117,21 +118,6 @@ class PatchOutputs:
     texts: pl.DataFrame
 
 
-def parse_indices(text: str | None, what: str) -> list[int] | None:
-    """``"all"``/None -> None (all of them); ``"0,3,5"`` -> [0, 3, 5]."""
-    if text is None or text.strip().lower() == "all":
-        return None
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise HarnessError(
-            f"--{what}: expected 'all' or comma-separated integers, got {text!r}"
-        ) from None
-    if not values:
-        raise HarnessError(f"--{what}: no {what} given")
-    return values
-
-
 def read_prompts(prompt: str | None, prompts_file: Path | None) -> list[str]:
     """Questions from ``--prompt`` or a file: text (one per line), JSONL or parquet with a
     ``question`` or ``prompt`` column (e.g. an evaluation's ``flagged.parquet``)."""
@@ -162,48 +148,48 @@ def _column(path: Path) -> list[str]:
 
 
 def run_patch(
-    clean: str,
-    corrupt: str,
+    models: LoadedModels,
     questions: list[str],
     out_dir: Path,
-    *,
-    site: str = "resid_post",
-    layers: list[int] | None = None,
-    heads: list[int] | None = None,
-    max_new_tokens: int = 256,
-    dtype: str = "float32",
-    device: str = "cpu",
-    mode: str = "transient",
-    prompt_format: PromptFormat | None = None,
-    trust_remote_code: bool = False,
-    models: LoadedModels | None = None,
+    patch: PatchConfig,
+    prompt_format: PromptFormat,
+    max_new_tokens: int,
+    sites: Sequence[str] | None = None,
 ) -> PatchOutputs:
-    """Patch every question at every requested layer; write the three tables atomically.
-
-    ``models``: the pair already loaded (the pipeline patches several sites with one load);
-    ``clean``, ``corrupt``, ``dtype`` and ``device`` then only describe it in ``patch.json``.
-    """
+    """Patch every question at the layers (and heads) of ``patch``, at ``sites`` (default:
+    ``patch.sites``), generating at most ``max_new_tokens``; write the three tables atomically."""
     from patchers import run_cmap
 
-    prompt_format = prompt_format or PromptFormat()
     check_out_dir(out_dir)
-    if models is None:
-        models = load_models(clean, corrupt, dtype=dtype, device=device,
-                             trust_remote_code=trust_remote_code)  # fmt: skip
     prompt_ids = encode_prompts(models, questions, prompt_format)
-    result = run_cmap(models.pair, prompt_ids, site=site, layers=layers, heads=heads,
-                      max_new_tokens=max_new_tokens, eos_token_ids=models.eos,
-                      mode=mode)  # fmt: skip
+    layers = None if patch.layers == "all" else list(patch.layers)
+    heads = None if patch.heads in (None, "all") else list(patch.heads)
+    steps, texts = [], []
+    for site in sites or patch.sites:
+        result = run_cmap(models.pair, prompt_ids, site=site, layers=layers,
+                          heads=heads if site == "head" else None,
+                          max_new_tokens=max_new_tokens, eos_token_ids=models.eos,
+                          mode=patch.mode)  # fmt: skip
+        steps.append(result.steps)
+        texts.append(texts_table(result.generations, models.tokenizer))
     prompts = pl.DataFrame(
         {"prompt_id": range(len(questions)), "prompt": questions, "prompt_ids": prompt_ids},
         schema={"prompt_id": pl.Int64, "prompt": pl.String, "prompt_ids": pl.List(pl.Int64)},
     )
-    texts = texts_table(result.generations, models.tokenizer)
-    write_tables(out_dir, {"prompts": prompts, "steps": result.steps, "texts": texts},
-                 {"clean": clean, "corrupt": corrupt, "site": site, "mode": mode,
-                  "max_new_tokens": max_new_tokens, "dtype": dtype,
-                  "prompt_format": prompt_format.model_dump()})  # fmt: skip
-    return PatchOutputs(out_dir, prompts, result.steps, texts)
+    steps_table, texts_table_ = pl.concat(steps), pl.concat(texts)
+    spec = {
+        "clean": models.clean,
+        "corrupt": models.corrupt,
+        "sites": list(sites or patch.sites),
+        "mode": patch.mode,
+        "max_new_tokens": max_new_tokens,
+        "dtype": models.dtype,
+        "device": models.device,
+        "prompt_format": prompt_format.model_dump(),
+    }
+    tables = {"prompts": prompts, "steps": steps_table, "texts": texts_table_}
+    write_tables(out_dir, tables, spec)
+    return PatchOutputs(out_dir, prompts, steps_table, texts_table_)
 
 
 def texts_table(generations: pl.DataFrame, tokenizer: Any) -> pl.DataFrame:

@@ -9,7 +9,6 @@ problem found is named in one ``ConfigError`` (exit code 2).
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +17,6 @@ from typing import Any
 from harness.config import SITES, ExperimentConfig
 from harness.errors import ConfigError
 
-MODES = ("transient", "persistent")
-DTYPES = ("float32", "bfloat16")
-DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 # config.json keys across families (GPT-2 and GPT-J spell them their own way)
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 HEAD_KEYS = ("num_attention_heads", "n_head", "num_heads")
@@ -88,27 +84,6 @@ def _cached_hub_dir(ref: str) -> Path | None:
     return Path(found).parent if isinstance(found, str) else None
 
 
-def parse_index_list(text: str | None, flag: str, problems: list[str]) -> list[int] | None:
-    """``"all"``/None -> None; ``"0,3"`` -> [0, 3]; a malformed list adds to ``problems``."""
-    if text is None or text.strip().lower() == "all":
-        return None
-    values, bad = [], []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        try:
-            values.append(int(part))
-        except ValueError:
-            bad.append(part)
-    if bad:
-        problems.append(f"{flag}: expected 'all' or comma-separated integers, got {text!r}")
-    elif not values:
-        problems.append(f"{flag}: no indices given")
-    elif any(v < 0 for v in values):
-        problems.append(f"{flag}: indices must be non-negative, got {text!r}")
-    return values
-
-
 def range_problems(
     shape: ModelShape | None,
     layers: Sequence[int] | None,
@@ -169,41 +144,6 @@ def layout_problems(
 
 def _listed(values: list[int]) -> str:
     return ", ".join(map(str, values))
-
-
-def check_patch_flags(
-    *,
-    clean: str,
-    site: str,
-    layers: str,
-    heads: str | None,
-    mode: str,
-    dtype: str,
-    device: str,
-) -> tuple[list[int] | None, list[int] | None]:
-    """``harness patch``'s options, all checked before the pair loads; returns the parsed
-    layers and heads. Raises one ``ConfigError`` naming every problem."""
-    problems: list[str] = []
-    if site not in SITES:
-        problems.append(f"--site {site!r}: unknown site (known: {', '.join(SITES)})")
-    if mode not in MODES:
-        problems.append(f"--mode {mode!r}: unknown mode (known: {', '.join(MODES)})")
-    if dtype not in DTYPES:
-        problems.append(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
-    if not DEVICE.match(device):
-        problems.append(f"--device {device!r}: expected cpu, cuda or cuda:N")
-    layer_list = parse_index_list(layers, "--layers", problems)
-    head_list = parse_index_list(heads, "--heads", problems)
-    if heads is not None and site in SITES and site != "head":
-        problems.append(f"--heads: only for --site head, not {site!r}")
-    shape = _shape_of(clean)
-    problems += layout_problems(shape, [site], "--clean")
-    problems += range_problems(
-        shape, layer_list, head_list, layers_key="--layers", heads_key="--heads"
-    )
-    if problems:
-        raise ConfigError("; ".join(problems))
-    return layer_list, head_list
 
 
 def check_experiment(

@@ -240,8 +240,6 @@ def run_patch_stage(
     if items.is_empty():
         say("no items to patch (nothing flagged and no controls)")
         return write_merged(out, items, [], cfg, clean, eval_dir, spec, pl.DataFrame())
-    layers = None if patch.layers == "all" else list(patch.layers)
-    heads = None if patch.heads in (None, "all") else list(patch.heads)
     device = device_for(patch.device)
     models = load_models(
         clean,
@@ -260,21 +258,7 @@ def run_patch_stage(
             f"site {site}: {items.height} prompts, layers {patch.layers}, {limit} new tokens, "
             f"{device}"
         )
-        run_patch(
-            clean,
-            corrupt,
-            items["question"].to_list(),
-            site_dir,
-            site=site,
-            layers=layers,
-            heads=heads if site == "head" else None,
-            max_new_tokens=limit,
-            dtype=patch.dtype,
-            device=device,
-            mode=patch.mode,
-            prompt_format=cfg.prompt,
-            models=models,
-        )
+        run_patch(models, items["question"].to_list(), site_dir, patch, cfg.prompt, limit, [site])
     checks = run_checks(models, items, cfg, limit, out)
     for entry in checks_summary(checks):
         (say if entry["status"] != "failed" else alarm)(check_line(entry))

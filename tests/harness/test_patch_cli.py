@@ -9,8 +9,9 @@ import polars as pl
 import pytest
 from transformers import AutoTokenizer
 
-from harness.errors import HarnessError
-from harness.patch import parse_indices, read_prompts, run_patch
+from harness.config import PatchConfig, experiment_from
+from harness.errors import ConfigError, HarnessError
+from harness.patch import load_models, read_prompts, run_patch
 from tasks.prompt_format import PromptFormat
 from tests.conftest import save_tiny_qwen3
 
@@ -24,8 +25,8 @@ def corrupt_dir(tmp_path_factory, chat_tokenizer):
 
 def test_writes_the_three_tables(tmp_path, tiny_model_dir, corrupt_dir):
     out = tmp_path / "patch"
-    run_patch(str(tiny_model_dir), str(corrupt_dir), QUESTIONS, out, layers=[0, 3],
-              max_new_tokens=6)  # fmt: skip
+    models = load_models(str(tiny_model_dir), str(corrupt_dir))
+    run_patch(models, QUESTIONS, out, PatchConfig(layers=[0, 3]), PromptFormat(), 6)
     prompts = pl.read_parquet(out / "prompts.parquet")
     steps = pl.read_parquet(out / "steps.parquet")
     texts = pl.read_parquet(out / "texts.parquet")
@@ -74,25 +75,51 @@ def test_prompts_from_a_flagged_table(tmp_path):
         read_prompts(None, tmp_path / "empty.txt")
 
 
-def test_layer_lists():
-    assert parse_indices("all", "layers") is None
-    assert parse_indices("0, 3,5", "layers") == [0, 3, 5]
-    with pytest.raises(HarnessError, match="comma-separated"):
-        parse_indices("0-3", "layers")
+def test_options_and_a_config_build_the_same_objects(tmp_path):
+    """`harness patch CONFIG --set ...` and `--clean ... --layers ...` make one typed config."""
+    config = tmp_path / "x.yaml"
+    config.write_text(
+        "name: x\nmodels: {clean: a/b, corrupt: c/d}\nprompt: {system_prompt: be brief}\n"
+        "patch: {sites: [head], heads: [1], mode: persistent}\neval: {max_new_tokens: 64}\n"
+    )
+    from_file = experiment_from(config, ["patch.layers=[0,2]"], {"patch": {"dtype": "bfloat16"}})
+    flags = {
+        "models": {"clean": "a/b", "corrupt": "c/d"},
+        "prompt": {"system_prompt": "be brief", "chat_template": None},
+        "patch": {"sites": ["head"], "heads": ["1"], "mode": "persistent", "layers": ["0", "2"],
+                  "dtype": "bfloat16"},
+        "eval": {"max_new_tokens": 64},
+    }  # fmt: skip
+    from_flags = experiment_from(None, [], flags)
+    assert from_file.patch == from_flags.patch
+    assert from_file.prompt == from_flags.prompt
+    assert from_flags.patch.layers == [0, 2] and from_flags.patch.heads == [1]
+    assert from_file.patch.token_limit(from_file.eval.max_new_tokens) == 64
+    with pytest.raises(ConfigError, match=r"patch\.mode: input should be"):
+        experiment_from(config, [], {"patch": {"mode": "sticky"}})
 
 
 def test_refuses_to_overwrite_a_foreign_directory(tmp_path, tiny_model_dir, corrupt_dir):
     (tmp_path / "notes.txt").write_text("mine")
+    models = load_models(str(tiny_model_dir), str(corrupt_dir))
     with pytest.raises(HarnessError, match="not a patch output"):
-        run_patch(str(tiny_model_dir), str(corrupt_dir), QUESTIONS, tmp_path)
+        run_patch(models, QUESTIONS, tmp_path, PatchConfig(), PromptFormat(), 4)
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--site", "resid_mid"], "error: --site 'resid_mid': unknown site (known: resid_pre"),
-        (["--layers", "7"], "error: --layers: 7 out of range: the model has 4 layers (0-3"),
+        (
+            ["--site", "resid_mid"],
+            "error: patch.sites.0: input should be 'resid_pre', 'resid_post'",
+        ),
+        (["--layers", "7"], "error: patch.layers: 7 out of range: the model has 4 layers (0-3"),
+        (["--site", "head", "--heads", "9"], "error: patch.heads: 9 out of range"),
+        (
+            ["--mode", "sticky"],
+            "error: patch.mode: input should be 'transient' or 'persistent', got 'sticky'",
+        ),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, tiny_model_dir, corrupt_dir, args, message):
