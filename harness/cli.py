@@ -309,8 +309,9 @@ def patch(
     ] = None,
     site: Annotated[
         str | None,
-        typer.Option(help="patch.sites, comma-separated: resid_pre, resid_post, attn_out, "
-                     "mlp_out, head."),
+        typer.Option(
+            help="patch.sites, comma-separated: resid_pre, resid_post, attn_out, mlp_out, head."
+        ),
     ] = None,
     layers: Annotated[str | None, typer.Option(help="patch.layers: 'all' or indices.")] = None,
     heads: Annotated[
@@ -347,11 +348,7 @@ def patch(
     --prompt "Solve for x: 2x + 3 = 7" --site resid_post,head --out results/p1`
     """
     from harness.config import experiment_from
-    from harness.errors import ConfigError
-    from harness.models import resolve
-    from harness.patch import load_models, read_prompts, run_patch
-    from harness.pipeline.patching import device_for
-    from harness.preflight import patch_problems
+    from harness.patch import read_prompts, run_patch
 
     flags = {
         "models": {"clean": clean, "corrupt": corrupt, "trust_remote_code": trust_remote_code},
@@ -371,17 +368,9 @@ def patch(
         },
     }
     cfg = experiment_from(config, overrides, flags)
-    if cfg.models.corrupt is None:
-        raise ConfigError("models.corrupt: not set; give --corrupt (or set it in the config)")
-    clean_ref, corrupt_ref = resolve(cfg.models.clean), resolve(cfg.models.corrupt)
-    problems = patch_problems(cfg, clean_ref)
-    if problems:
-        raise ConfigError("; ".join(problems))
     questions = read_prompts(prompt, prompts)
+    models = load_patch_pair(cfg)
     limit = cfg.patch.token_limit(cfg.eval.max_new_tokens)
-    models = load_models(clean_ref, corrupt_ref, dtype=cfg.patch.dtype,
-                         device=device_for(cfg.patch.device),
-                         trust_remote_code=cfg.models.trust_remote_code)  # fmt: skip
     outputs = run_patch(models, questions, out, cfg.patch, cfg.prompt, limit)
     steps = outputs.steps
     defined = steps["cts"].is_not_null().mean() if steps.height else 0.0
@@ -392,6 +381,66 @@ def patch(
     )
     if not check_cli_patch(models, outputs, limit, cfg.patch.mode, out):
         raise typer.Exit(1)
+
+
+@app.command()
+def screen(
+    config: Annotated[
+        Path | None, typer.Argument(help="Experiment YAML (models, prompt, patch sections).")
+    ] = None,
+    prompts: Annotated[
+        Path,
+        typer.Option(help="parquet/JSONL with a 'question' column and the responses to force."),
+    ] = Path("flagged.parquet"),
+    response: Annotated[
+        str, typer.Option(help="The column of responses to force.")
+    ] = "corrupt_response",
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("results/screen"),
+    overrides: SetOpt = None,
+    clean: Annotated[str | None, typer.Option(help="models.clean.")] = None,
+    corrupt: Annotated[str | None, typer.Option(help="models.corrupt.")] = None,
+) -> None:
+    """The teacher-forced screen: force fixed responses (the corrupted model's, from an
+    evaluation's flagged.parquet) through clean, corrupted and patched models at every layer
+    and site of the patch section; CTS per forced token, nothing generated. Cheaper than
+    `harness patch` (all targets of a prompt share one context), for choosing what to patch.
+
+    Example: `harness screen configs/demo.yaml --prompts results/demo/eval/flagged.parquet
+    --set patch.sites=[resid_post,attn_out] --out results/screen`
+    """
+    from harness.config import experiment_from
+    from harness.patch import read_prompts, read_responses, run_screen
+
+    cfg = experiment_from(config, overrides, {"models": {"clean": clean, "corrupt": corrupt}})
+    questions = read_prompts(None, prompts)
+    responses = read_responses(prompts, response)
+    models = load_patch_pair(cfg)
+    outputs = run_screen(models, questions, responses, out, cfg.patch, cfg.prompt)
+    steps = outputs.steps
+    defined = steps["cts"].is_not_null().mean() if steps.height else 0.0
+    typer.echo(
+        f"{outputs.prompts.height} response(s) forced, {steps.height} steps (CTS defined on "
+        f"{defined:.0%}), {cfg.patch.dtype}; wrote {out}/prompts.parquet, steps.parquet"
+    )
+
+
+def load_patch_pair(cfg):
+    """The pair of an experiment's patch section, after every check that needs no weights."""
+    from harness.errors import ConfigError
+    from harness.models import resolve
+    from harness.patch import load_models
+    from harness.pipeline.patching import device_for
+    from harness.preflight import patch_problems
+
+    if cfg.models.corrupt is None:
+        raise ConfigError("models.corrupt: not set; give --corrupt (or set it in the config)")
+    clean_ref, corrupt_ref = resolve(cfg.models.clean), resolve(cfg.models.corrupt)
+    problems = patch_problems(cfg, clean_ref)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return load_models(clean_ref, corrupt_ref, dtype=cfg.patch.dtype,
+                       device=device_for(cfg.patch.device),
+                       trust_remote_code=cfg.models.trust_remote_code)  # fmt: skip
 
 
 def _index_flag(text: str | None) -> str | list[int] | None:

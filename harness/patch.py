@@ -118,6 +118,13 @@ class PatchOutputs:
     texts: pl.DataFrame
 
 
+def read_responses(path: Path, column: str) -> list[str]:
+    """The responses to force, from a JSONL or parquet file's ``column``."""
+    if path.suffix not in (".parquet", ".jsonl"):
+        raise HarnessError(f"{path}: responses come from a parquet or JSONL file")
+    return _column(path, (column,))
+
+
 def read_prompts(prompt: str | None, prompts_file: Path | None) -> list[str]:
     """Questions from ``--prompt`` or a file: text (one per line), JSONL or parquet with a
     ``question`` or ``prompt`` column (e.g. an evaluation's ``flagged.parquet``)."""
@@ -136,15 +143,17 @@ def read_prompts(prompt: str | None, prompts_file: Path | None) -> list[str]:
     return questions
 
 
-def _column(path: Path) -> list[str]:
+def _column(path: Path, names: Sequence[str] = ("question", "prompt")) -> list[str]:
+    """The first of ``names`` that the JSONL or parquet file has, as strings."""
     try:
         frame = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_ndjson(path)
     except Exception as exc:  # polars raises several types for unreadable files
         raise HarnessError(f"{path}: unreadable ({str(exc).splitlines()[0]})") from None
-    for name in ("question", "prompt"):
+    for name in names:
         if name in frame.columns:
             return frame[name].cast(pl.String).to_list()
-    raise HarnessError(f"{path}: no 'question' or 'prompt' column (has: {frame.columns})")
+    wanted = " or ".join(f"{n!r}" for n in names)
+    raise HarnessError(f"{path}: no {wanted} column (has: {frame.columns})")
 
 
 def run_patch(
@@ -190,6 +199,71 @@ def run_patch(
     tables = {"prompts": prompts, "steps": steps_table, "texts": texts_table_}
     write_tables(out_dir, tables, spec)
     return PatchOutputs(out_dir, prompts, steps_table, texts_table_)
+
+
+def run_screen(
+    models: LoadedModels,
+    questions: list[str],
+    responses: list[str],
+    out_dir: Path,
+    patch: PatchConfig,
+    prompt_format: PromptFormat,
+) -> PatchOutputs:
+    """The teacher-forced screen: each question's fixed ``responses`` entry (say the corrupted
+    model's answer in ``flagged.parquet``) forced through the three models at every layer of
+    ``patch`` and each of its sites; ``token_id`` is the forced token, ``y_patch`` the patched
+    model's argmax. Writes prompts and steps (no texts: nothing is generated)."""
+    from patchers import run_cmap_teacher_forced
+
+    check_out_dir(out_dir)
+    if len(questions) != len(responses):
+        raise HarnessError(f"{len(questions)} questions but {len(responses)} responses")
+    kept = [i for i, r in enumerate(responses) if r and r.strip()]
+    if not kept:
+        raise HarnessError("no non-empty responses to force")
+    prompt_ids = encode_prompts(models, [questions[i] for i in kept], prompt_format)
+    forced = [models.tokenizer.encode(responses[i], add_special_tokens=False) for i in kept]
+    layers = None if patch.layers == "all" else list(patch.layers)
+    heads = None if patch.heads in (None, "all") else list(patch.heads)
+    steps = pl.concat(
+        run_cmap_teacher_forced(
+            models.pair,
+            prompt_ids,
+            forced,
+            site=site,
+            layers=layers,
+            heads=heads if site == "head" else None,
+            mode=patch.mode,
+        )  # fmt: skip
+        for site in patch.sites
+    )
+    prompts = pl.DataFrame(
+        {
+            "prompt_id": range(len(kept)),
+            "prompt": [questions[i] for i in kept],
+            "prompt_ids": prompt_ids,
+            "response_ids": forced,
+        },
+        schema={
+            "prompt_id": pl.Int64,
+            "prompt": pl.String,
+            "prompt_ids": pl.List(pl.Int64),
+            "response_ids": pl.List(pl.Int64),
+        },
+    )
+    texts = pl.DataFrame(schema=TEXT_SCHEMA)
+    spec = {
+        "clean": models.clean,
+        "corrupt": models.corrupt,
+        "sites": list(patch.sites),
+        "mode": patch.mode,
+        "teacher_forced": True,
+        "dtype": models.dtype,
+        "device": models.device,
+        "prompt_format": prompt_format.model_dump(),
+    }
+    write_tables(out_dir, {"prompts": prompts, "steps": steps, "texts": texts}, spec)
+    return PatchOutputs(out_dir, prompts, steps, texts)
 
 
 def texts_table(generations: pl.DataFrame, tokenizer: Any) -> pl.DataFrame:

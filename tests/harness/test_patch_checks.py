@@ -34,7 +34,6 @@ def pair_dirs(tmp_path_factory, chat_tokenizer):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-
     root = tmp_path_factory.mktemp("pair")
     clean = save_tiny_qwen3(root / "clean", chat_tokenizer, init=0.2)
     generator = torch.Generator().manual_seed(3)

@@ -133,3 +133,29 @@ def test_bad_input_is_one_line(tmp_path, tiny_model_dir, corrupt_dir, args, mess
     assert errors == [errors[0]] and errors[0].startswith(message)
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_the_screen_forces_the_responses_of_a_flagged_table(tmp_path, tiny_model_dir, corrupt_dir):
+    """`harness screen`: CTS per forced token of each response, from a flagged.parquet."""
+    flagged = tmp_path / "flagged.parquet"
+    pl.DataFrame({"question": QUESTIONS, "corrupt_response": ["x = 7", "a is 2"]}).write_parquet(
+        flagged
+    )
+    out = tmp_path / "screen"
+    result = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "screen", "--clean", str(tiny_model_dir),
+         "--corrupt", str(corrupt_dir), "--prompts", str(flagged), "--out", str(out),
+         "--set", "patch.layers=[1,2]", "--set", "patch.sites=[resid_post,head]",
+         "--set", "patch.heads=[0]"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    steps = pl.read_parquet(out / "steps.parquet")
+    prompts = pl.read_parquet(out / "prompts.parquet")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    forced = [tokenizer.encode(r, add_special_tokens=False) for r in ["x = 7", "a is 2"]]
+    assert prompts["response_ids"].to_list() == forced
+    for (prompt_id, site, layer), group in steps.group_by("prompt_id", "site", "layer"):
+        assert group.sort("step")["token_id"].to_list() == forced[prompt_id]
+    assert sorted(steps["site"].unique().to_list()) == ["head", "resid_post"]
+    assert sorted(steps["layer"].unique().to_list()) == [1, 2]
