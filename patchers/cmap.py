@@ -44,7 +44,7 @@ from patchers.errors import PatchError
 from patchers.hooks import attach
 from patchers.metrics import STEP_COLUMNS, step_metrics
 from patchers.models import ModelPair, bare
-from patchers.sites import LAYOUTS, Layout, Target, layout_of, resolve_targets
+from patchers.sites import LAYOUTS, Layout, Target, decoder_layers, layout_of, resolve_targets
 
 Mode = Literal["transient", "persistent"]
 MODES = ("transient", "persistent")
@@ -128,13 +128,31 @@ def _check_run(mode: str, max_new_tokens: int, max_batch: int) -> None:
 
 
 @dataclass
-class _Writes:
-    """What the write hook of one layer does in the current step: patched `rows` of the clean
-    forward take the corrupted activation of context `sources` (one `heads` entry per row)."""
+class _Plan:
+    """The patched rows of the current step's clean forward, for the hooks.
 
-    rows: Tensor
+    The forward's batch starts with `base` rows (the contexts' corrupted rows for shared pairs,
+    then their clean rows); patched rows are appended after them, each at its target layer (at
+    the layer's input, or at its output for `resid_post`), so a patched row costs only the
+    layers above its target. `alive[l]` patched rows exist at the input of layer l: a prefix
+    of the trajectories sorted by entry layer. `clean_rows[j]` is the base row of patched row
+    j's clean context (its copy at birth; the index of its attention mask and rotary phases);
+    `sources[j]` its context's corrupted row (shared pairs) or captured activation (full pairs).
+    """
+
+    base: int
+    alive: list[int]  # per layer, and one more entry: the rows after the last layer
+    clean_rows: Tensor
     sources: Tensor
+    blocks: dict[int, tuple[int, int]]  # target layer -> its patched rows [start, end)
     heads: Tensor | None
+    # Shared pairs: the adapter name of every row, the very list peft's hooks hand each LoRA
+    # layer; it grows with the batch, patched rows being base-model rows.
+    adapters: list[str] | None = None
+
+    def grew(self, born: int) -> None:
+        if self.adapters is not None:
+            self.adapters.extend([BASE_ADAPTER] * born)
 
 
 class _Engine:
@@ -143,12 +161,17 @@ class _Engine:
     def __init__(self, pair: ModelPair, site: str):
         self.pair, self.site = pair, site
         self.layout: Layout = layout_of(pair.clean)
+        self.n_layers = len(decoder_layers(pair.clean, self.layout))
         self.shared = pair.adapter is not None  # one PeftModel forward runs every row
         self.device = pair.clean.get_input_embeddings().weight.device
         self.vocab: int = pair.clean.config.vocab_size
         self.phase: Literal["corrupt", "clean"] | None = None  # which forward is running
-        self.writes: dict[int, _Writes] = {}
+        self.plan: _Plan | None = None
         self.captured: dict[int, Tensor] = {}
+
+    def entry(self, target: Target) -> int:
+        """The layer at whose input a target's patched row is born (n_layers: after the last)."""
+        return target.layer + 1 if self.site == "resid_post" else target.layer
 
     def run(
         self,
@@ -184,39 +207,103 @@ class _Engine:
 
     @contextmanager
     def hooks(self, layers: set[int]) -> Iterator[None]:
-        """Capture hooks on the corrupted model (full pairs) and write hooks on the clean one."""
+        """On the clean model: every layer's pre-hook (births, per-row inputs for the patched
+        rows) and the target layers' site hooks; on a full corrupted model, capture hooks."""
+        clean, layout = self.pair.clean, self.layout
         with ExitStack() as stack:
+            for index, layer in enumerate(decoder_layers(clean, layout)):
+                handle = layer.register_forward_pre_hook(self._enter(index), with_kwargs=True)
+                stack.callback(handle.remove)
             for layer in sorted(layers):
                 if not self.shared:
                     stack.enter_context(
                         attach(self.pair.corrupt, self.site, layer, self._capture(layer))
                     )
-                stack.enter_context(
-                    attach(self.pair.clean, self.site, layer, self._write(layer), self.layout)
-                )
+                if self.site == "resid_post":
+                    module = decoder_layers(clean, layout)[layer]
+                    handle = module.register_forward_hook(self._born_after(layer))
+                    stack.callback(handle.remove)
+                elif self.site != "resid_pre":
+                    stack.enter_context(attach(clean, self.site, layer, self._write(layer), layout))
             yield
+
+    def _corrupt_value(self, layer: int, activation: Tensor, rows: slice) -> Tensor:
+        """The corrupted last-position activation for patched rows `rows` of `layer`'s block."""
+        plan = self.plan
+        source = activation[:, -1] if self.shared else self.captured[layer]
+        return source[plan.sources[rows].to(source.device)].to(activation.device)
+
+    def _enter(self, index: int):
+        """Layer `index`'s pre-hook: append the patched rows born here (copies of their clean
+        rows; for `resid_pre` with the corrupted input at the last position), and give the
+        patched rows their clean rows' per-row inputs (mask, rotary phases, positions)."""
+
+        def hook(module, args, kwargs):
+            plan = self.plan
+            if self.phase != "clean" or plan is None or not plan.alive[index]:
+                return None
+            hidden = args[0] if args else kwargs["hidden_states"]
+            have, need = hidden.shape[0] - plan.base, plan.alive[index]
+            if need > have:
+                born = hidden[plan.clean_rows[have:need].to(hidden.device)].clone()
+                if self.site == "resid_pre":
+                    start, end = plan.blocks[index]
+                    born[:, -1] = self._corrupt_value(index, hidden, slice(start, end))
+                hidden = torch.cat([hidden, born])
+                plan.grew(len(born))
+            rows = torch.cat(
+                [torch.arange(plan.base, device=plan.clean_rows.device), plan.clean_rows[:need]]
+            )
+            args = tuple(_per_row(a, plan.base, rows) for a in args[1:])
+            kwargs = {k: _per_row(v, plan.base, rows) for k, v in kwargs.items()}
+            if "hidden_states" in kwargs:
+                kwargs["hidden_states"] = hidden
+                return args, kwargs
+            return (hidden, *args), kwargs
+
+        return hook
+
+    def _born_after(self, layer: int):
+        """`resid_post`: the patched rows of `layer` are born at its output, with the corrupted
+        output at the last position."""
+
+        def hook(module, args, output):
+            plan = self.plan
+            if self.phase != "clean" or plan is None or layer not in plan.blocks:
+                return None
+            hidden = output[0] if isinstance(output, tuple) else output
+            start, end = plan.blocks[layer]
+            born = hidden[plan.clean_rows[start:end].to(hidden.device)].clone()
+            born[:, -1] = self._corrupt_value(layer, hidden, slice(start, end))
+            hidden = torch.cat([hidden, born])
+            plan.grew(len(born))
+            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+        return hook
 
     def _capture(self, layer: int):
         def fn(activation: Tensor) -> None:
-            if self.phase == "corrupt" and layer in self.writes:
+            if self.phase == "corrupt":
                 self.captured[layer] = activation[:, -1].clone()
 
         return fn
 
     def _write(self, layer: int):
+        """A site hook inside `layer`: its patched rows take the corrupted activation."""
+
         def fn(activation: Tensor) -> Tensor | None:
-            writes = self.writes.get(layer)
-            if self.phase != "clean" or writes is None:
+            plan = self.plan
+            if self.phase != "clean" or plan is None or layer not in plan.blocks:
                 return None
-            # Shared pairs: the corrupted rows (contexts 0..U-1) are rows of this very tensor.
-            source = activation[:, -1] if self.shared else self.captured[layer]
-            value = source[writes.sources.to(source.device)].to(activation.device)
+            start, end = plan.blocks[layer]
+            rows = slice(plan.base + start, plan.base + end)
+            value = self._corrupt_value(layer, activation, slice(start, end))
             new = activation.clone()
-            rows = writes.rows.to(activation.device)
-            if writes.heads is not None:  # [n, heads, head_dim]: one head per row
+            if plan.heads is not None:  # [n, heads, head_dim]: one head per row
                 old = new[rows, -1]
                 chosen = torch.zeros(old.shape[:2], dtype=torch.bool, device=old.device)
-                chosen[torch.arange(len(rows), device=old.device), writes.heads.to(old.device)] = 1
+                heads = plan.heads[start:end].to(old.device)
+                chosen[torch.arange(end - start, device=old.device), heads] = True
                 value = torch.where(chosen[..., None], value, old)
             new[rows, -1] = value
             return new
@@ -245,6 +332,16 @@ class _Engine:
         return out.logits[:, -1], out.past_key_values
 
 
+def _per_row(value, base: int, rows: Tensor):
+    """A layer input indexed for the expanded batch: tensors (and tuples of them, like rotary
+    cos/sin) whose first dimension is the forward's batch; anything else as it is."""
+    if isinstance(value, tuple):
+        return tuple(_per_row(v, base, rows) for v in value)
+    if isinstance(value, Tensor) and value.dim() >= 2 and value.shape[0] == base:
+        return value[rows.to(value.device)]
+    return value
+
+
 class _Decoder:
     """Greedy (or forced) CMAP decoding of one batch of trajectories."""
 
@@ -259,7 +356,10 @@ class _Decoder:
         forced: list[list[int]] | None,
     ):
         self.engine, self.mode, self.eos = engine, mode, eos
-        self.trajectories = trajectories
+        # Sorted by entry layer: the patched rows alive at a layer are a prefix of them.
+        self.trajectories = sorted(trajectories, key=lambda t: engine.entry(t.target))
+        self.order = [trajectories.index(t) for t in self.trajectories]
+        trajectories = self.trajectories
         device = engine.device
         own = [prompts[t.prompt_id] for t in trajectories]
         distinct = sorted({tuple(p) for p in own})
@@ -267,8 +367,9 @@ class _Decoder:
         self.ctx_of = torch.tensor([distinct.index(tuple(p)) for p in own], device=device)
         self.ctx_pad = torch.tensor([self.width - len(p) for p in distinct], device=device)
         self.ctx_token = torch.tensor([p[-1] for p in distinct], device=device)
-        self.alive = torch.arange(len(trajectories), device=device)  # chunk index of each row
+        self.alive = torch.arange(len(trajectories), device=device)  # index of each row
         self.layer = torch.tensor([t.target.layer for t in trajectories], device=device)
+        self.entry = torch.tensor([engine.entry(t.target) for t in trajectories], device=device)
         self.head = torch.tensor(
             [-1 if t.target.head is None else t.target.head for t in trajectories], device=device
         )
@@ -290,8 +391,23 @@ class _Decoder:
     def n_contexts(self) -> int:
         return self.ctx_token.numel()
 
+    @property
+    def base(self) -> int:
+        """Rows of the clean forward before the patched ones: [corrupt |] clean contexts."""
+        return 2 * self.n_contexts if self.engine.shared else self.n_contexts
+
+    @property
+    def clean_offset(self) -> int:
+        return self.n_contexts if self.engine.shared else 0
+
+    def mirrored(self) -> list[int]:
+        """Patched rows alive at each layer's input (and after the last layer)."""
+        entry = self.entry[self.alive]
+        return [int((entry <= layer).sum()) for layer in range(self.engine.n_layers + 1)]
+
     def _prefill(self, distinct: list[tuple[int, ...]]) -> None:
-        """Run each distinct prompt minus its last token once per model; mirror the clean rows."""
+        """Run each distinct prompt minus its last token once per model; mirror the clean rows
+        into the caches of the layers each patched row reaches."""
         engine, n = self.engine, len(distinct)
         length = self.width - 1
         if length == 0:
@@ -299,82 +415,82 @@ class _Decoder:
         ids = torch.zeros(n, length, dtype=torch.long, device=engine.device)
         for j, prompt in enumerate(distinct):
             ids[j, self.width - len(prompt) :] = torch.tensor(prompt[:-1])
-        contexts = torch.arange(n, device=engine.device)
         if engine.shared:
             adapters = [engine.pair.adapter] * n + [BASE_ADAPTER] * n
             pads = self.ctx_pad.repeat(2)
             _, cache = engine.forward(
                 engine.pair.corrupt, ids.repeat(2, 1), pads, 0, None, adapters
             )
-            cache.batch_select_indices(torch.cat([contexts, n + contexts, n + self.ctx_of]))
         else:
             _, self.corrupt_cache = engine.forward(engine.pair.corrupt, ids, self.ctx_pad, 0, None)
             _, cache = engine.forward(engine.pair.clean, ids, self.ctx_pad, 0, None)
-            cache.batch_select_indices(torch.cat([contexts, self.ctx_of]))
+        base = torch.arange(self.base, device=engine.device)
+        clean_rows = self.clean_offset + self.ctx_of
+        for layer, m in zip(cache.layers, self.mirrored(), strict=False):
+            _select_rows(layer, torch.cat([base, clean_rows[:m]]))
         self.clean_cache = cache
 
-    def _plan(self, patched_offset: int) -> None:
-        """Tell the write hooks which rows of this step's clean forward each layer patches."""
-        writes = {}
-        for layer in torch.unique(self.layer[self.alive]).tolist():
-            members = (self.layer[self.alive] == layer).nonzero()[:, 0]
-            heads = self.head[self.alive][members]
-            writes[layer] = _Writes(
-                rows=patched_offset + members,
-                sources=self.ctx_of[members],
-                heads=None if self.engine.site != "head" else heads,
-            )
-        self.engine.writes = writes
+    def _plan(self) -> None:
+        """Tell the hooks which patched rows this step's clean forward holds, and where."""
+        layer = self.layer[self.alive]
+        blocks = {}
+        for target in torch.unique(layer).tolist():
+            members = (layer == target).nonzero()[:, 0]
+            blocks[target] = (int(members[0]), int(members[-1]) + 1)
+        heads = self.head[self.alive] if self.engine.site == "head" else None
+        self.engine.plan = _Plan(
+            base=self.base,
+            alive=self.mirrored(),
+            clean_rows=self.clean_offset + self.ctx_of,
+            sources=self.ctx_of,
+            blocks=blocks,
+            heads=heads,
+        )
 
     def _step(self, column: int) -> dict[str, Tensor]:
         """Advance every row by one token at cache column `column`; the step's metrics."""
         engine, n = self.engine, self.n_contexts
         tokens, pads = self.ctx_token[:, None], self.ctx_pad
-        patched_tokens, patched_pads = tokens[self.ctx_of], pads[self.ctx_of]
+        self._plan()
         if engine.shared:
-            clean_offset, patched_offset = n, 2 * n
-            self._plan(patched_offset)
-            adapters = [engine.pair.adapter] * n + [BASE_ADAPTER] * (n + len(self.ctx_of))
             engine.phase = "clean"
+            engine.plan.adapters = [engine.pair.adapter] * n + [BASE_ADAPTER] * n
             logits, self.clean_cache = engine.forward(
                 engine.pair.corrupt,
-                torch.cat([tokens, tokens, patched_tokens]),
-                torch.cat([pads, pads, patched_pads]),
+                torch.cat([tokens, tokens]),
+                torch.cat([pads, pads]),
                 column,
                 self.clean_cache,
-                adapters,
+                engine.plan.adapters,
             )
             corrupt_logits = logits[:n]
         else:
-            clean_offset, patched_offset = 0, n
-            self._plan(patched_offset)
             engine.phase = "corrupt"
             corrupt_logits, self.corrupt_cache = engine.forward(
                 engine.pair.corrupt, tokens, pads, column, self.corrupt_cache
             )
             engine.phase = "clean"
             logits, self.clean_cache = engine.forward(
-                engine.pair.clean,
-                torch.cat([tokens, patched_tokens]),
-                torch.cat([pads, patched_pads]),
-                column,
-                self.clean_cache,
+                engine.pair.clean, tokens, pads, column, self.clean_cache
             )
-        engine.phase, engine.writes = None, {}
+        engine.phase, engine.plan = None, None
         engine.captured.clear()
         if self.mode == "transient":  # the patched keys/values were for this step only
-            _reset_newest(self.clean_cache, patched_offset, clean_offset + self.ctx_of)
+            clean_rows = self.clean_offset + self.ctx_of
+            for layer, m in zip(self.clean_cache.layers, self.mirrored(), strict=False):
+                _reset_newest(layer, self.base, clean_rows[:m])
         self.rows["patched"] += len(self.ctx_of)
         self.rows["context"] += n
-        clean_logits = logits[clean_offset : clean_offset + n]
+        clean_logits = logits[self.clean_offset : self.clean_offset + n]
         return step_metrics(
-            corrupt_logits[self.ctx_of], clean_logits[self.ctx_of], logits[patched_offset:]
+            corrupt_logits[self.ctx_of], clean_logits[self.ctx_of], logits[self.base :]
         )
 
     def _advance(self, keep: Tensor, next_tokens: Tensor) -> None:
         """Keep the live trajectories (`keep`: their row indices), append each one's next token,
         and regroup them by context: a context splits where its trajectories' tokens differ."""
-        n, live = self.n_contexts, len(self.ctx_of)
+        n, live, old_base = self.n_contexts, len(self.ctx_of), self.base
+        old_mirrored = self.mirrored()
         key = self.ctx_of[keep] * self.engine.vocab + next_tokens[keep]
         unique, self.ctx_of = torch.unique(key, return_inverse=True)
         parent = unique // self.engine.vocab
@@ -385,15 +501,16 @@ class _Decoder:
         )
         if same_contexts and len(keep) == live:
             return  # nobody finished, no context split: the caches stay as they are
-        if self.engine.shared:
-            index = torch.cat([parent, n + parent, 2 * n + keep])
-        else:
-            self.corrupt_cache.batch_select_indices(parent)
-            index = torch.cat([parent, n + keep])
-        self.clean_cache.batch_select_indices(index)
+        base = torch.cat([parent, n + parent]) if self.engine.shared else parent
+        if not self.engine.shared:
+            for layer in self.corrupt_cache.layers:
+                _select_rows(layer, parent)
+        for layer, m in zip(self.clean_cache.layers, old_mirrored, strict=False):
+            _select_rows(layer, torch.cat([base, old_base + keep[keep < m]]))
 
     def run(self) -> tuple[dict[str, Tensor], list[list[int]]]:
-        """Decode to the end; per-step metrics as flat tensors and each trajectory's tokens."""
+        """Decode to the end; per-step metrics as flat tensors and each trajectory's tokens (in
+        the order the trajectories were given)."""
         records: list[dict[str, Tensor]] = []
         tokens: list[list[int]] = [[] for _ in self.trajectories]
         for step in range(self.max_new_tokens):
@@ -417,17 +534,26 @@ class _Decoder:
         flat = {k: torch.cat([r[k] for r in records]) for k in records[0]}
         flat["prompt_id"] = torch.tensor([t.prompt_id for t in self.trajectories])[flat["row"]]
         flat["layer"], flat["head"] = self.layer.cpu()[flat["row"]], self.head.cpu()[flat["row"]]
-        return flat, tokens
+        given = [tokens[self.order.index(i)] for i in range(len(tokens))]
+        return flat, given
 
 
-def _reset_newest(cache, first_patched: int, clean_rows: Tensor) -> None:
-    """Set the newest cache column of the patched rows (from `first_patched` on) to their
-    contexts' clean rows', in every layer."""
-    patched = first_patched + torch.arange(len(clean_rows), device=clean_rows.device)
-    for layer in cache.layers:
-        for states in (layer.keys, layer.values):
-            index = clean_rows.to(states.device)
-            states[patched.to(states.device), :, -1] = states[index, :, -1]
+def _select_rows(layer, index: Tensor) -> None:
+    """Keep the rows `index` of one cache layer's keys and values."""
+    if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
+        return
+    index = index.to(layer.keys.device)
+    layer.keys, layer.values = layer.keys[index], layer.values[index]
+
+
+def _reset_newest(layer, first_patched: int, clean_rows: Tensor) -> None:
+    """Set the newest cache column of the patched rows (from `first_patched` on) of one cache
+    layer to their contexts' clean rows'."""
+    if not len(clean_rows):
+        return
+    for states in (layer.keys, layer.values):
+        patched = torch.arange(first_patched, first_patched + len(clean_rows), device=states.device)
+        states[patched, :, -1] = states[clean_rows.to(states.device), :, -1]
 
 
 def _steps_table(chunks: list[dict[str, Tensor]], site: str) -> pl.DataFrame:

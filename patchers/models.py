@@ -16,6 +16,7 @@ import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer, ParamWrapper
 from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils.other import AuxiliaryTrainingWrapper
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from patchers.errors import PatchError
@@ -74,9 +75,12 @@ class ModelPair:
 @contextmanager
 def bare(model: PreTrainedModel) -> Iterator[None]:
     """Run a model as itself, without the LoRA layers peft may have attached to its modules (a
-    PeftModel's base model run on its own would otherwise be the adapted model)."""
+    PeftModel's base model run on its own would otherwise be the adapted model). A PeftModel
+    is itself with its adapter."""
     attached = [
-        m for m in model.modules() if isinstance(m, BaseTunerLayer) and not m.disable_adapters
+        m
+        for m in ([] if isinstance(model, PeftModel) else model.modules())
+        if isinstance(m, BaseTunerLayer) and not m.disable_adapters
     ]
     for module in attached:
         module.enable_adapters(False)
@@ -102,8 +106,9 @@ def shared_base_problem(peft_model: PeftModel) -> str | None:
     """Why an adapter cannot share the base weights with the clean rows, or None if it can.
 
     The engine runs clean, corrupted and patched rows in one forward of the PeftModel with peft's
-    mixed-adapter batches, which serve plain LoRA layers (and modules_to_save) but not the LoRA
-    variants (DoRA and others) or other adapter types; those need a merged copy.
+    mixed-adapter batches, its patched rows joining the batch at their layers; plain LoRA layers
+    serve that, but not the LoRA variants (DoRA and others), other adapter types or modules the
+    adapter trains whole (modules_to_save): those need a merged copy.
     """
     if len(peft_model.peft_config) != 1:
         return "the PeftModel must carry exactly one adapter"
@@ -111,6 +116,8 @@ def shared_base_problem(peft_model: PeftModel) -> str | None:
     if getattr(peft_model.peft_config[name], "peft_type", None) != "LORA":
         return "only LoRA adapters can share the base weights"
     for path, module in peft_model.get_base_model().named_modules():
+        if isinstance(module, AuxiliaryTrainingWrapper):
+            return f"the adapter trains {path!r} whole (modules_to_save)"
         if isinstance(module, ParamWrapper):
             return f"the adapter wraps the parameters of {path!r}, which peft cannot batch"
         if isinstance(module, LoraLayer) and name in getattr(module, "lora_variant", {}):

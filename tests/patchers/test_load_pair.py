@@ -103,17 +103,24 @@ def adapter_with_saved_head():
     return peft_model.eval()
 
 
-def test_an_adapter_with_a_saved_head_shares_the_base():
-    """peft's mixed-adapter batch routes the saved head too: the pair matches the reference."""
-    from matching import assert_matches_reference
+def test_an_adapter_with_a_saved_head_is_merged(tmp_path):
+    """A module the adapter trains whole cannot take rows that join the batch at their layer:
+    load_pair merges such an adapter into its own copy, which gives the adapted logits."""
+    from peft import PeftModel as Peft
 
     from patchers.models import ModelPair
-    from patchers.reference import adapter_sides
 
     peft_model = adapter_with_saved_head()
-    pair = ModelPair(peft_model.get_base_model(), peft_model)
-    result = run_cmap(pair, PROMPTS, site="resid_post", max_new_tokens=3)
-    assert_matches_reference(result, *adapter_sides(peft_model), "resid_post", PROMPTS, 3)
+    with pytest.raises(PatchError, match=r"trains 'lm_head' whole .*merge the adapter"):
+        ModelPair(peft_model.get_base_model(), peft_model)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    tiny_model().save_pretrained(tmp_path / "clean")
+    pair = load_pair(tmp_path / "clean", tmp_path / "adapter")
+    assert pair.adapter is None and not isinstance(pair.corrupt, Peft)
+    steps = run_cmap(pair, PROMPTS, layers=[0], max_new_tokens=1).steps.sort("prompt_id")
+    with torch.no_grad():
+        expected = [int(peft_model(torch.tensor([p])).logits[0, -1].argmax()) for p in PROMPTS]
+    assert steps["y_corrupt"].to_list() == expected
 
 
 def test_a_dora_adapter_is_merged_into_its_own_copy(tmp_path):
