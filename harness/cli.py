@@ -439,7 +439,7 @@ def load_patch_pair(cfg):
     if problems:
         raise ConfigError("; ".join(problems))
     return load_models(clean_ref, corrupt_ref, dtype=cfg.patch.dtype,
-                       device=device_for(cfg.patch.device),
+                       device=device_for(cfg.patch.device), device_map=cfg.patch.device_map,
                        trust_remote_code=cfg.models.trust_remote_code)  # fmt: skip
 
 

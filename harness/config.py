@@ -124,6 +124,11 @@ class PatchConfig(Strict):
     )
     dtype: Literal["float32", "bfloat16"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    device_map: Literal["auto"] | None = Field(
+        None,
+        description="'auto': spread each model over every visible GPU (accelerate's device "
+        "map), for models larger than one; null: the whole model on `device`.",
+    )
     identity_check: bool = Field(
         True,
         description="Also patch clean into clean (one layer per site) and check that it leaves "

@@ -88,6 +88,7 @@ def load_models(
     dtype: str = "float32",
     device: str = "cpu",
     trust_remote_code: bool = False,
+    device_map: str | None = None,
 ) -> LoadedModels:
     """Load the clean/corrupted pair and the clean tokenizer (the pair shares its vocabulary)."""
     from transformers import AutoTokenizer
@@ -95,7 +96,12 @@ def load_models(
     from patchers import load_pair
 
     pair = load_pair(
-        clean, corrupt, dtype=dtype, device=device, trust_remote_code=trust_remote_code
+        clean,
+        corrupt,
+        dtype=dtype,
+        device=device,
+        trust_remote_code=trust_remote_code,
+        device_map=device_map,
     )
     tokenizer = AutoTokenizer.from_pretrained(clean, trust_remote_code=trust_remote_code)
     eos = frozenset({tokenizer.eos_token_id, *_config_eos(pair.clean.config)} - {None})
@@ -234,7 +240,7 @@ def run_screen(
             layers=layers,
             heads=heads if site == "head" else None,
             mode=patch.mode,
-        )  # fmt: skip
+        )
         for site in patch.sites
     )
     prompts = pl.DataFrame(

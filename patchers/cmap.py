@@ -39,11 +39,12 @@ from typing import Literal
 import polars as pl
 import torch
 from torch import Tensor
+from transformers import DynamicCache
 
 from patchers.errors import PatchError
 from patchers.hooks import attach
 from patchers.metrics import STEP_COLUMNS, step_metrics
-from patchers.models import ModelPair, bare
+from patchers.models import ModelPair, bare, input_device
 from patchers.sites import LAYOUTS, Layout, Target, decoder_layers, layout_of, resolve_targets
 
 Mode = Literal["transient", "persistent"]
@@ -163,7 +164,7 @@ class _Engine:
         self.layout: Layout = layout_of(pair.clean)
         self.n_layers = len(decoder_layers(pair.clean, self.layout))
         self.shared = pair.adapter is not None  # one PeftModel forward runs every row
-        self.device = pair.clean.get_input_embeddings().weight.device
+        self.device = input_device(pair.clean)
         self.vocab: int = pair.clean.config.vocab_size
         self.phase: Literal["corrupt", "clean"] | None = None  # which forward is running
         self.plan: _Plan | None = None
@@ -384,7 +385,8 @@ class _Decoder:
             max_new_tokens = max(lengths)
         self.max_new_tokens = max_new_tokens
         self.rows = {"patched": 0, "context": 0}
-        self.corrupt_cache = self.clean_cache = None
+        self.clean_cache = _cache(engine.pair.clean.config)
+        self.corrupt_cache = None if engine.shared else _cache(engine.pair.corrupt.config)
         self._prefill(distinct)
 
     @property
@@ -418,12 +420,11 @@ class _Decoder:
         if engine.shared:
             adapters = [engine.pair.adapter] * n + [BASE_ADAPTER] * n
             pads = self.ctx_pad.repeat(2)
-            _, cache = engine.forward(
-                engine.pair.corrupt, ids.repeat(2, 1), pads, 0, None, adapters
-            )
+            model = engine.pair.corrupt
+            _, cache = engine.forward(model, ids.repeat(2, 1), pads, 0, self.clean_cache, adapters)
         else:
-            _, self.corrupt_cache = engine.forward(engine.pair.corrupt, ids, self.ctx_pad, 0, None)
-            _, cache = engine.forward(engine.pair.clean, ids, self.ctx_pad, 0, None)
+            engine.forward(engine.pair.corrupt, ids, self.ctx_pad, 0, self.corrupt_cache)
+            _, cache = engine.forward(engine.pair.clean, ids, self.ctx_pad, 0, self.clean_cache)
         base = torch.arange(self.base, device=engine.device)
         clean_rows = self.clean_offset + self.ctx_of
         for layer, m in zip(cache.layers, self.mirrored(), strict=False):
@@ -538,12 +539,16 @@ class _Decoder:
         return flat, given
 
 
+def _cache(config) -> DynamicCache:
+    """The model's own cache (its sliding-window layers where the config has them)."""
+    return DynamicCache(config=config)
+
+
 def _select_rows(layer, index: Tensor) -> None:
-    """Keep the rows `index` of one cache layer's keys and values."""
+    """Keep the rows `index` of one cache layer."""
     if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
         return
-    index = index.to(layer.keys.device)
-    layer.keys, layer.values = layer.keys[index], layer.values[index]
+    layer.batch_select_indices(index.to(layer.keys.device))
 
 
 def _reset_newest(layer, first_patched: int, clean_rows: Tensor) -> None:

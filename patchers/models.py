@@ -72,6 +72,13 @@ class ModelPair:
         return self.corrupt.active_adapter if isinstance(self.corrupt, PeftModel) else None
 
 
+def input_device(model) -> torch.device:
+    """Where a model's input ids go: its embedding's device (the execution device, CPU, when
+    accelerate has offloaded the embedding to disk)."""
+    device = model.get_input_embeddings().weight.device
+    return torch.device("cpu") if device.type == "meta" else device
+
+
 @contextmanager
 def bare(model: PreTrainedModel) -> Iterator[None]:
     """Run a model as itself, without the LoRA layers peft may have attached to its modules (a
@@ -131,24 +138,47 @@ def load_pair(
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
     trust_remote_code: bool = False,
+    device_map: str | dict | None = None,
+    offload_folder: str | Path | None = None,
 ) -> ModelPair:
-    """Load a clean model and its corrupted counterpart (a model or a PEFT adapter directory)."""
+    """Load a clean model and its corrupted counterpart (a model or a PEFT adapter directory).
+
+    `device_map` (say "auto": every visible GPU, then CPU) places each model's modules with
+    accelerate instead of moving it to `device`; its dispatch hooks run beside the patcher's.
+    Modules mapped to "disk" are offloaded to `offload_folder`."""
     torch_dtype = _torch_dtype(dtype)
+    placement = _Placement(device, device_map, offload_folder)
     clean_dir = _existing_dir(clean_path, "clean model")
     corrupt_dir = _existing_dir(corrupt_path, "corrupted model")
     clean_config = _load_config(clean_dir, trust_remote_code)
     layout_for_config(clean_config, trust_remote_code)
-    clean = _load_model(clean_dir, torch_dtype, device, trust_remote_code)
+    clean = _load_model(clean_dir, torch_dtype, placement.of("clean"), trust_remote_code)
     if (corrupt_dir / "adapter_config.json").is_file():
         check_same_vocabulary(clean_dir, corrupt_dir)
         return _attach_adapter(
-            clean, clean_dir, corrupt_dir, torch_dtype, device, trust_remote_code
+            clean, clean_dir, corrupt_dir, torch_dtype, placement.of("merged"), trust_remote_code
         )
     corrupt_config = _load_config(corrupt_dir, trust_remote_code)
     check_same_architecture(clean_config, corrupt_config)
     check_same_vocabulary(clean_dir, corrupt_dir)
-    corrupt = _load_model(corrupt_dir, torch_dtype, device, trust_remote_code)
+    corrupt = _load_model(corrupt_dir, torch_dtype, placement.of("corrupt"), trust_remote_code)
     return ModelPair(clean=clean, corrupt=corrupt)
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where a model's weights go: one device, or an accelerate device map."""
+
+    device: str | torch.device
+    device_map: str | dict | None = None
+    offload_folder: str | Path | None = None
+
+    def of(self, name: str) -> dict:
+        """from_pretrained's placement arguments for one model (its own offload folder)."""
+        if self.device_map is None:
+            return {"device": self.device}
+        folder = None if self.offload_folder is None else str(Path(self.offload_folder) / name)
+        return {"device_map": self.device_map, "offload_folder": folder}
 
 
 def check_same_vocabulary(clean_dir: Path, corrupt_dir: Path) -> None:
@@ -176,7 +206,7 @@ def _attach_adapter(
     clean_dir: Path,
     adapter_dir: Path,
     dtype: torch.dtype,
-    device: str | torch.device,
+    placement: dict,
     trust_remote_code: bool,
 ) -> ModelPair:
     """Attach an adapter to the clean model; merge it into a second copy if it cannot share."""
@@ -189,7 +219,7 @@ def _attach_adapter(
         return ModelPair(clean=clean, corrupt=peft_model)
     # Fall back to two full models: the adapter merged into its own copy of the base.
     peft_model.unload()
-    base = _load_model(clean_dir, dtype, device, trust_remote_code)
+    base = _load_model(clean_dir, dtype, placement, trust_remote_code)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     return ModelPair(clean=clean, corrupt=merged.eval())
 
@@ -225,15 +255,18 @@ def _load_config(directory: Path, trust_remote_code: bool):
 
 
 def _load_model(
-    directory: Path, dtype: torch.dtype, device: str | torch.device, trust_remote_code: bool
+    directory: Path, dtype: torch.dtype, placement: dict, trust_remote_code: bool
 ) -> PreTrainedModel:
+    """A model on `placement`'s device, or dispatched by its device map."""
+    placement = dict(placement)
+    device = placement.pop("device", None)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(directory), dtype=dtype, trust_remote_code=trust_remote_code
+            str(directory), dtype=dtype, trust_remote_code=trust_remote_code, **placement
         )
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise PatchError(f"cannot load the model in {directory}: {_first_line(err)}") from err
-    return model.to(device).eval()
+    return (model if device is None else model.to(device)).eval()
 
 
 def _first_line(err: Exception) -> str:

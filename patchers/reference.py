@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from patchers.hooks import attach
+from patchers.models import input_device
 
 
 @dataclass
@@ -99,7 +100,7 @@ def reference_cmap(
             # Transient: only the last position; persistent: every position from the last
             # prompt token on (the positions whose patched states a cache would have kept).
             first = len(prompt) - 1 if persistent else len(context) - 1
-            ids = torch.tensor([context])
+            ids = torch.tensor([context], device=input_device(clean.module))
             corrupt_logits, clean_logits, patch_logits = three_logits(
                 clean, corrupt, ids, site, layer, head, first
             )

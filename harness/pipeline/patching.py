@@ -247,6 +247,7 @@ def run_patch_stage(
         dtype=patch.dtype,
         device=device,
         trust_remote_code=cfg.models.trust_remote_code,
+        device_map=patch.device_map,
     )
     for site in patch.sites:
         site_dir = out / "sites" / site

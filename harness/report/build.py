@@ -178,6 +178,18 @@ def table2_rows(t: RunTables, patched: pl.DataFrame | None) -> list[tuple[str, d
     return rows
 
 
+def patch_settings(t: RunTables) -> str:
+    """How the patched runs were computed: the dtype (bf16 and fp32 differ at near-ties), the
+    mode and the token limit."""
+    run = t.patch_run or {}
+    if not run.get("dtype"):
+        return ""
+    return (
+        f"<p class='note'>Patched in <b>{run['dtype']}</b>, {run.get('mode', 'transient')} "
+        f"mode, at most {run.get('max_new_tokens')} new tokens per answer.</p>"
+    )
+
+
 def token_limit_note(t: RunTables) -> str:
     """Said outright when the patched generations had less room than the evaluated ones."""
     run = t.patch_run or {}
@@ -243,6 +255,7 @@ def behaviour(t: RunTables, fig_dir: Path, pngs: list[Path]) -> list[str]:
         f"<i>incorrect</i> when the upper end of its interval is below {INCORRECT_BELOW} (most "
         "patched answers are wrong, with 95 % confidence); <i>incorrect from layer L+</i>: L "
         "is the first layer from which every later layer is incorrect.</p>",
+        patch_settings(t),
         token_limit_note(t),
         page.table2(table2_rows(t, patched), suites),
     ]

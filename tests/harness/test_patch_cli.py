@@ -155,7 +155,7 @@ def test_the_screen_forces_the_responses_of_a_flagged_table(tmp_path, tiny_model
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     forced = [tokenizer.encode(r, add_special_tokens=False) for r in ["x = 7", "a is 2"]]
     assert prompts["response_ids"].to_list() == forced
-    for (prompt_id, site, layer), group in steps.group_by("prompt_id", "site", "layer"):
+    for (prompt_id, _site, _layer), group in steps.group_by("prompt_id", "site", "layer"):
         assert group.sort("step")["token_id"].to_list() == forced[prompt_id]
     assert sorted(steps["site"].unique().to_list()) == ["head", "resid_post"]
     assert sorted(steps["layer"].unique().to_list()) == [1, 2]

@@ -150,3 +150,36 @@ def test_a_dora_adapter_is_merged_into_its_own_copy(tmp_path):
         clean = [int(fresh(torch.tensor([p])).logits[0, -1].argmax()) for p in PROMPTS]
     assert steps["y_corrupt"].to_list() == expected
     assert steps["y_clean"].to_list() == clean
+
+
+# Accelerate's dispatch on one machine: layers 1 and 3 offloaded to disk, loaded at each forward
+# by accelerate's own hooks, which then run beside the patcher's.
+DEVICE_MAP = {
+    "model.embed_tokens": "cpu",
+    "model.layers.0": "cpu",
+    "model.layers.1": "disk",
+    "model.layers.2": "cpu",
+    "model.layers.3": "disk",
+    "model.norm": "cpu",
+    "model.rotary_emb": "cpu",
+    "lm_head": "cpu",
+}
+
+
+@pytest.mark.parametrize("corrupt", ["corrupt", "adapter"])
+@pytest.mark.parametrize("site", ["resid_post", "head"])
+def test_a_dispatched_pair_patches_as_the_plain_one(model_dirs, tmp_path, corrupt, site):
+    """peft cannot attach an adapter to disk-offloaded weights: the adapter pair is dispatched
+    to the CPU alone (accelerate's map, no offload)."""
+    plain = load_pair(model_dirs / "clean", model_dirs / corrupt)
+    device_map = DEVICE_MAP if corrupt == "corrupt" else dict.fromkeys(DEVICE_MAP, "cpu")
+    dispatched = load_pair(
+        model_dirs / "clean", model_dirs / corrupt, device_map=device_map, offload_folder=tmp_path
+    )
+    if corrupt == "corrupt":  # accelerate's hooks load the offloaded layers
+        assert dispatched.clean.hf_device_map == device_map
+        assert hasattr(dispatched.clean.model.layers[1], "_hf_hook")
+    ours = run_cmap(dispatched, PROMPTS, site=site, max_new_tokens=4).steps
+    expected = run_cmap(plain, PROMPTS, site=site, max_new_tokens=4).steps
+    assert ours["token_id"].to_list() == expected["token_id"].to_list()
+    assert (ours["dl_patch"] - expected["dl_patch"]).abs().max() < 1e-5
