@@ -159,3 +159,27 @@ def test_the_screen_forces_the_responses_of_a_flagged_table(tmp_path, tiny_model
         assert group.sort("step")["token_id"].to_list() == forced[prompt_id]
     assert sorted(steps["site"].unique().to_list()) == ["head", "resid_post"]
     assert sorted(steps["layer"].unique().to_list()) == [1, 2]
+
+
+def test_a_site_the_family_lacks_is_one_line_before_any_weights(tmp_path):
+    """A family outside the site table is laid out from config.json on the meta device: OPT has
+    no MLP module, so `mlp_out` is refused before a weight loads (no weights are even saved)."""
+    from transformers import OPTConfig
+
+    OPTConfig(
+        vocab_size=97, hidden_size=32, ffn_dim=64, word_embed_proj_dim=32, num_hidden_layers=2,
+        num_attention_heads=2,
+    ).save_pretrained(tmp_path / "opt")  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "patch", "--clean", str(tmp_path / "opt"),
+         "--corrupt", str(tmp_path / "opt"), "--prompt", "x", "--site", "mlp_out",
+         "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert errors == [
+        "error: models.clean: model_type 'opt' has no 'mlp_out' site (no module for it in its "
+        "layers); it offers: resid_pre, resid_post, attn_out, head"
+    ]
+    assert not (tmp_path / "o").exists()
