@@ -22,11 +22,11 @@ forward hooks (`patchers.hooks.attach`). The rows of a step:
   mirror's newest column is reset to the clean keys and values after each step, so the patched
   pass is discarded; in persistent mode it stays.
 
-With a LoRA adapter as the corrupted model, one forward of the PeftModel runs every row (peft's
-mixed-adapter batch: corrupted rows with the adapter, the others without), so one copy of the
-base weights serves all of them; with a full corrupted model its rows run first and hooks keep
-the site's activations for the clean forward to write. Teacher forcing is the same engine with
-the continuation's tokens in place of the patched argmax.
+With a LoRA adapter as the corrupted model, one forward of the base model runs every row, each
+LoRA linear map adding its delta (peft's own modules) to the corrupted rows alone, so one copy
+of the base weights serves all of them; with a full corrupted model its rows run first and
+hooks keep the site's activations for the clean forward to write. Teacher forcing is the same
+engine with the continuation's tokens in place of the patched argmax.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from typing import Literal
 
 import polars as pl
 import torch
+from peft.tuners.lora import Linear as LoraLinear
 from torch import Tensor
 from transformers import DynamicCache
 
@@ -49,7 +50,6 @@ from patchers.sites import LAYOUTS, Layout, Target, decoder_layers, layout_of, r
 
 Mode = Literal["transient", "persistent"]
 MODES = ("transient", "persistent")
-BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed-adapter batch
 GENERATION_SCHEMA = {
     "prompt_id": pl.Int64,
     "site": pl.String,
@@ -147,13 +147,6 @@ class _Plan:
     sources: Tensor
     blocks: dict[int, tuple[int, int]]  # target layer -> its patched rows [start, end)
     heads: Tensor | None
-    # Shared pairs: the adapter name of every row, the very list peft's hooks hand each LoRA
-    # layer; it grows with the batch, patched rows being base-model rows.
-    adapters: list[str] | None = None
-
-    def grew(self, born: int) -> None:
-        if self.adapters is not None:
-            self.adapters.extend([BASE_ADAPTER] * born)
 
 
 class _Engine:
@@ -163,7 +156,8 @@ class _Engine:
         self.pair, self.site = pair, site
         self.layout: Layout = layout_of(pair.clean)
         self.n_layers = len(decoder_layers(pair.clean, self.layout))
-        self.shared = pair.adapter is not None  # one PeftModel forward runs every row
+        self.shared = pair.adapter is not None  # one forward of the base runs every row
+        self.lora_rows = 0  # shared pairs: the leading rows of a forward that take the adapter
         self.device = input_device(pair.clean)
         self.vocab: int = pair.clean.config.vocab_size
         self.phase: Literal["corrupt", "clean"] | None = None  # which forward is running
@@ -212,6 +206,8 @@ class _Engine:
         rows) and the target layers' site hooks; on a full corrupted model, capture hooks."""
         clean, layout = self.pair.clean, self.layout
         with ExitStack() as stack:
+            if self.shared:
+                stack.enter_context(self._adapter_rows())
             for index, layer in enumerate(decoder_layers(clean, layout)):
                 handle = layer.register_forward_pre_hook(self._enter(index), with_kwargs=True)
                 stack.callback(handle.remove)
@@ -227,6 +223,35 @@ class _Engine:
                 elif self.site != "resid_pre":
                     stack.enter_context(attach(clean, self.site, layer, self._write(layer), layout))
             yield
+
+    @contextmanager
+    def _adapter_rows(self) -> Iterator[None]:
+        """Shared pairs: the base model runs every row, and each LoRA layer adds its delta to the
+        leading `lora_rows` rows only (the contexts' corrupted rows); peft's own adapter path is
+        off meanwhile. The same arithmetic as peft's LoRA forward, without its per-row
+        bookkeeping of a mixed-adapter batch."""
+        name = self.pair.adapter
+        with ExitStack() as stack:
+            stack.enter_context(bare(self.pair.clean))
+            for module in self.pair.clean.modules():
+                if isinstance(module, LoraLinear) and name in module.lora_A:
+                    handle = module.register_forward_hook(self._lora_delta(module, name))
+                    stack.callback(handle.remove)
+            yield
+
+    def _lora_delta(self, module: LoraLinear, name: str):
+        lora_a, lora_b = module.lora_A[name], module.lora_B[name]
+        dropout, scaling = module.lora_dropout[name], module.scaling[name]
+
+        def hook(_, args, output):
+            rows = self.lora_rows
+            if not rows:
+                return None
+            x = args[0][:rows].to(lora_a.weight.dtype)
+            output[:rows] += (lora_b(lora_a(dropout(x))) * scaling).to(output.dtype)
+            return output
+
+        return hook
 
     def _corrupt_value(self, layer: int, activation: Tensor, rows: slice) -> Tensor:
         """The corrupted last-position activation for patched rows `rows` of `layer`'s block."""
@@ -251,7 +276,6 @@ class _Engine:
                     start, end = plan.blocks[index]
                     born[:, -1] = self._corrupt_value(index, hidden, slice(start, end))
                 hidden = torch.cat([hidden, born])
-                plan.grew(len(born))
             rows = torch.cat(
                 [torch.arange(plan.base, device=plan.clean_rows.device), plan.clean_rows[:need]]
             )
@@ -277,7 +301,6 @@ class _Engine:
             born = hidden[plan.clean_rows[start:end].to(hidden.device)].clone()
             born[:, -1] = self._corrupt_value(layer, hidden, slice(start, end))
             hidden = torch.cat([hidden, born])
-            plan.grew(len(born))
             return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
         return hook
@@ -312,24 +335,27 @@ class _Engine:
         return fn
 
     def forward(
-        self, model, ids: Tensor, pads: Tensor, first_column: int, cache, adapters=None
+        self, model, ids: Tensor, pads: Tensor, first_column: int, cache, lora_rows: int = 0
     ) -> tuple[Tensor, object]:
-        """One forward of `model` over left-padded rows: last-position logits and the cache."""
+        """One forward of `model` over left-padded rows: last-position logits and the cache.
+        Shared pairs: `model` is the base, and its first `lora_rows` rows take the adapter."""
         columns = first_column + ids.shape[1]
         column = torch.arange(columns, device=self.device)
         mask = (column[None] >= pads[:, None]).long()
         positions = (column[None, first_column:] - pads[:, None]).clamp(min=0)
-        extra = {} if adapters is None else {"adapter_names": adapters}
-        with nullcontext() if self.shared else bare(model):
-            out = model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-                **extra,
-            )
+        self.lora_rows = lora_rows
+        try:
+            with nullcontext() if self.shared else bare(model):
+                out = model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+        finally:
+            self.lora_rows = 0
         return out.logits[:, -1], out.past_key_values
 
 
@@ -418,10 +444,9 @@ class _Decoder:
         for j, prompt in enumerate(distinct):
             ids[j, self.width - len(prompt) :] = torch.tensor(prompt[:-1])
         if engine.shared:
-            adapters = [engine.pair.adapter] * n + [BASE_ADAPTER] * n
             pads = self.ctx_pad.repeat(2)
-            model = engine.pair.corrupt
-            _, cache = engine.forward(model, ids.repeat(2, 1), pads, 0, self.clean_cache, adapters)
+            model = engine.pair.clean
+            _, cache = engine.forward(model, ids.repeat(2, 1), pads, 0, self.clean_cache, n)
         else:
             engine.forward(engine.pair.corrupt, ids, self.ctx_pad, 0, self.corrupt_cache)
             _, cache = engine.forward(engine.pair.clean, ids, self.ctx_pad, 0, self.clean_cache)
@@ -455,14 +480,13 @@ class _Decoder:
         self._plan()
         if engine.shared:
             engine.phase = "clean"
-            engine.plan.adapters = [engine.pair.adapter] * n + [BASE_ADAPTER] * n
             logits, self.clean_cache = engine.forward(
-                engine.pair.corrupt,
+                engine.pair.clean,
                 torch.cat([tokens, tokens]),
                 torch.cat([pads, pads]),
                 column,
                 self.clean_cache,
-                engine.plan.adapters,
+                lora_rows=n,
             )
             corrupt_logits = logits[:n]
         else:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
+from peft.tuners.lora import Linear as LoraLinear
 from peft.tuners.lora import LoraLayer, ParamWrapper
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import AuxiliaryTrainingWrapper
@@ -112,10 +113,10 @@ def check_same_architecture(clean_config, corrupt_config) -> None:
 def shared_base_problem(peft_model: PeftModel) -> str | None:
     """Why an adapter cannot share the base weights with the clean rows, or None if it can.
 
-    The engine runs clean, corrupted and patched rows in one forward of the PeftModel with peft's
-    mixed-adapter batches, its patched rows joining the batch at their layers; plain LoRA layers
-    serve that, but not the LoRA variants (DoRA and others), other adapter types or modules the
-    adapter trains whole (modules_to_save): those need a merged copy.
+    The engine runs clean, corrupted and patched rows in one forward of the base model, each
+    LoRA linear map adding its delta to the corrupted rows only; that serves plain LoRA on
+    linear maps, but not the LoRA variants (DoRA and others), other adapter types, adapted
+    embeddings or modules the adapter trains whole (modules_to_save): those need a merged copy.
     """
     if len(peft_model.peft_config) != 1:
         return "the PeftModel must carry exactly one adapter"
@@ -127,6 +128,8 @@ def shared_base_problem(peft_model: PeftModel) -> str | None:
             return f"the adapter trains {path!r} whole (modules_to_save)"
         if isinstance(module, ParamWrapper):
             return f"the adapter wraps the parameters of {path!r}, which peft cannot batch"
+        if isinstance(module, LoraLayer) and not isinstance(module, LoraLinear):
+            return f"the adapter adapts {path!r} ({type(module).__name__}), not a linear map"
         if isinstance(module, LoraLayer) and name in getattr(module, "lora_variant", {}):
             return f"the adapter uses a LoRA variant (e.g. DoRA) on {path!r}"
     return None

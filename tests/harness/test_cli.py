@@ -77,9 +77,15 @@ def test_zoo_check_of_a_missing_model_is_one_line(tmp_path):
 
 
 def test_usage_error_is_reported_by_click():
-    result = harness("patch", "--clean", "a")
+    result = harness("report")
     assert result.returncode == 2
-    assert "Missing option" in result.stderr and "Traceback" not in result.stderr
+    assert "Missing argument" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_patch_names_a_missing_model_as_its_config_key():
+    result = harness("patch", "--clean", "a")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: models.clean: model path 'a' does not exist")
 
 
 def test_library_progress_bars_are_off_when_stderr_is_a_log(tmp_path):

@@ -320,7 +320,7 @@ def test_patch_cli_rejects_a_layer_the_model_lacks_before_loading(
     code = harness_main(monkeypatch, *args, str(tmp_path / "p"), "--layers", "0,99")
     err = capsys.readouterr().err.strip()
     assert code == 2 and "Traceback" not in err and len(err.splitlines()) == 1
-    assert err.startswith("error: --layers: 99 out of range: the model has 4 layers (0-3")
+    assert err.startswith("error: patch.layers: 99 out of range: the model has 4 layers (0-3")
     assert not (tmp_path / "p").exists()
 
 
@@ -334,14 +334,17 @@ def test_patch_cli_names_every_bad_flag(tmp_path, tiny_model_dir, monkeypatch, c
     )  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert code == 2
-    for problem in ("--site 'resid_mid': unknown site", "--mode 'sticky': unknown mode",
-                    "--layers: expected 'all' or comma-separated integers"):  # fmt: skip
+    assert len(err.splitlines()) == 1  # every problem, on one line, named by its config key
+    for problem in ("patch.sites.0: input should be 'resid_pre'", "got 'resid_mid'",
+                    "patch.mode: input should be 'transient' or 'persistent', got 'sticky'",
+                    "patch.layers.1: input should be a valid integer"):  # fmt: skip
         assert problem in err, problem
     code = harness_main(
         monkeypatch, "patch", "--clean", model, "--corrupt", model, "--prompt", "2+2?",
         "--out", str(tmp_path / "p"), "--site", "resid_post", "--heads", "0",
     )  # fmt: skip
-    assert code == 2 and "--heads: only for --site head" in capsys.readouterr().err
+    assert code == 2
+    assert "patch.heads: set, but patch.sites (resid_post) has no 'head'" in capsys.readouterr().err
 
 
 def test_run_rejects_out_of_range_layers_and_heads_before_anything(
