@@ -5,6 +5,10 @@ result = run_cmap(pair, prompts_ids, site="resid_post", layers=None, max_new_tok
                   eos_token_ids=[eos_id])
 result.steps        # polars: one row per trajectory and step (columns: patchers.metrics)
 result.generations  # polars: the patched model's token_ids per trajectory
+
+Any Hugging Face causal LM: the families of `LAYOUTS` are tested against the full-re-run
+reference (`patchers.reference`); any other is laid out from its module names and self-tested
+before a run. Sites are read and written with `attach(model, site, layer, fn)`.
 """
 
 from patchers.cmap import MODES, CmapResult, run_cmap

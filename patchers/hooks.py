@@ -1,7 +1,8 @@
 """Forward hooks on patch sites, only inside context managers that always remove them.
 
-The one way the patcher reads or writes an activation: the CMAP engine, the reference, the
-analyses and notebooks all go through `attach`.
+How the patcher reads or writes a site's activation: the CMAP engine, the reference, the
+analyses and notebooks all go through `attach` (the engine adds, in its own context manager,
+the layer hooks that let patched rows join the batch at their layer).
 """
 
 from __future__ import annotations
