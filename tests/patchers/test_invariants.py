@@ -21,9 +21,12 @@ MAX_NEW = 5
 def test_identity_patch_leaves_logits_unchanged(site, clean_model):
     """Clean patched into clean: the patched model is the clean model."""
     heads = [1] if site == "head" else None
-    steps = run_cmap(
+    result = run_cmap(
         ModelPair(clean_model, clean_model), PROMPTS, site=site, heads=heads, max_new_tokens=MAX_NEW
-    ).steps
+    )
+    steps = result.steps
+    # Every target of a prompt keeps the clean tokens: they share one context throughout.
+    assert result.rows == {"patched": steps.height, "context": len(PROMPTS) * MAX_NEW}
     assert (steps["token_id"] == steps["y_clean"]).all()
     assert (steps["y_clean"] == steps["y_corrupt"]).all()
     assert steps["cts"].null_count() == steps.height  # undefined everywhere, never 0
