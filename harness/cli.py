@@ -352,6 +352,8 @@ def patch(
 
     flags = {
         "models": {"clean": clean, "corrupt": corrupt, "trust_remote_code": trust_remote_code},
+        # a corrupted model given here replaces the config's fine-tuning run
+        "finetune": {"enabled": False if corrupt is not None else None},
         "prompt": {
             "chat_template": chat_template,
             "system_prompt": system_prompt,
@@ -411,7 +413,11 @@ def screen(
     from harness.config import experiment_from
     from harness.patch import read_prompts, read_responses, run_screen
 
-    cfg = experiment_from(config, overrides, {"models": {"clean": clean, "corrupt": corrupt}})
+    flags = {
+        "models": {"clean": clean, "corrupt": corrupt},
+        "finetune": {"enabled": False if corrupt is not None else None},
+    }
+    cfg = experiment_from(config, overrides, flags)
     questions = read_prompts(None, prompts)
     responses = read_responses(prompts, response)
     models = load_patch_pair(cfg)
@@ -426,15 +432,17 @@ def screen(
 
 def load_patch_pair(cfg):
     """The pair of an experiment's patch section, after every check that needs no weights."""
+    from harness.endpoints import default_models
     from harness.errors import ConfigError
     from harness.models import resolve
     from harness.patch import load_models
     from harness.pipeline.patching import device_for
     from harness.preflight import patch_problems
 
-    if cfg.models.corrupt is None:
+    if cfg.models.corrupt is None and not cfg.finetune.enabled:
         raise ConfigError("models.corrupt: not set; give --corrupt (or set it in the config)")
-    clean_ref, corrupt_ref = resolve(cfg.models.clean), resolve(cfg.models.corrupt)
+    # null: the run's own fine-tuned model (results/<name>/finetune/), as `harness run` patches
+    clean_ref, corrupt_ref = resolve(cfg.models.clean), resolve(default_models(cfg)["corrupt"])
     problems = patch_problems(cfg, clean_ref)
     if problems:
         raise ConfigError("; ".join(problems))
