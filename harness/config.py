@@ -16,10 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from finetune.config import FinetuneConfig
 from harness.errors import ConfigError
+from patchers.names import Mode, Site
 from tasks.prompt_format import PromptFormat
 
 SUITES = ("related", "unrelated_math", "general")
-SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out", "head")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 ZOO_PREFIX = "zoo:"
 
@@ -111,11 +111,9 @@ class PatchConfig(Strict):
         "suite has flagged items, at most this many.",
     )
     layers: Literal["all"] | list[int] = "all"
-    sites: list[Literal["resid_pre", "resid_post", "attn_out", "mlp_out", "head"]] = Field(
-        default_factory=lambda: ["resid_post"]
-    )
+    sites: list[Site] = Field(default_factory=lambda: ["resid_post"])
     heads: Literal["all"] | list[int] | None = None
-    mode: Literal["transient", "persistent"] = "transient"
+    mode: Mode = "transient"
     max_new_tokens: int | None = Field(
         None,
         gt=0,

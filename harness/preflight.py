@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.config import SITES, ExperimentConfig
+from harness.config import ExperimentConfig
 from harness.errors import ConfigError
+from patchers.names import SITES
 
 # config.json keys across families (GPT-2 and GPT-J spell them their own way)
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")

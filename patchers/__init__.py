@@ -11,33 +11,34 @@ reference (`patchers.reference`); any other is laid out from its module names an
 before a run. Sites are read and written with `attach(model, site, layer, fn)`.
 """
 
-from patchers.cmap import MODES, CmapResult, run_cmap
-from patchers.errors import PatchError
-from patchers.hooks import attach, capture_last, replace_last
-from patchers.metrics import step_metrics
-from patchers.models import ModelPair, load_pair
-from patchers.reference import self_test
-from patchers.sites import FAMILIES, LAYOUTS, SITES, Layout, Target, layout_of, resolve_targets
-from patchers.teacher import run_cmap_teacher_forced
+from importlib import import_module
 
-__all__ = [
-    "FAMILIES",
-    "LAYOUTS",
-    "MODES",
-    "SITES",
-    "CmapResult",
-    "Layout",
-    "ModelPair",
-    "PatchError",
-    "Target",
-    "attach",
-    "capture_last",
-    "layout_of",
-    "load_pair",
-    "replace_last",
-    "resolve_targets",
-    "run_cmap",
-    "run_cmap_teacher_forced",
-    "self_test",
-    "step_metrics",
-]
+# Loaded on first use, so that `patchers.names` (what configs validate against) needs no torch.
+_HOMES = {
+    "CmapResult": "cmap",
+    "run_cmap": "cmap",
+    "PatchError": "errors",
+    "attach": "hooks",
+    "capture_last": "hooks",
+    "replace_last": "hooks",
+    "step_metrics": "metrics",
+    "ModelPair": "models",
+    "load_pair": "models",
+    "MODES": "names",
+    "SITES": "names",
+    "self_test": "reference",
+    "FAMILIES": "sites",
+    "LAYOUTS": "sites",
+    "Layout": "sites",
+    "Target": "sites",
+    "layout_of": "sites",
+    "resolve_targets": "sites",
+    "run_cmap_teacher_forced": "teacher",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'patchers' has no attribute {name!r}")
+    return getattr(import_module(f"patchers.{_HOMES[name]}"), name)

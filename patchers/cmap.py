@@ -46,10 +46,9 @@ from patchers.errors import PatchError
 from patchers.hooks import attach
 from patchers.metrics import STEP_COLUMNS, step_metrics
 from patchers.models import ModelPair, bare, input_device
+from patchers.names import MODES, Mode
 from patchers.sites import LAYOUTS, Layout, Target, decoder_layers, layout_of, resolve_targets
 
-Mode = Literal["transient", "persistent"]
-MODES = ("transient", "persistent")
 GENERATION_SCHEMA = {
     "prompt_id": pl.Int64,
     "site": pl.String,

@@ -24,8 +24,7 @@ from dataclasses import dataclass, replace
 from torch import nn
 
 from patchers.errors import PatchError
-
-SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out", "head")
+from patchers.names import SITES
 
 
 @dataclass(frozen=True)
