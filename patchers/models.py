@@ -213,6 +213,13 @@ def _attach_adapter(
     trust_remote_code: bool,
 ) -> ModelPair:
     """Attach an adapter to the clean model; merge it into a second copy if it cannot share."""
+    offloaded = sorted(k for k, v in getattr(clean, "hf_device_map", {}).items() if v == "disk")
+    if offloaded:  # peft fails on them, and leaves a copy of the weights under the cwd
+        raise PatchError(
+            f"cannot attach the adapter in {adapter_dir}: the device map offloads "
+            f"{', '.join(offloaded)} to disk, which peft cannot adapt; map them to a GPU or "
+            "the CPU, or pass a merged corrupted model"
+        )
     try:
         peft_model = PeftModel.from_pretrained(clean, str(adapter_dir), adapter_name="corrupt")
     except (OSError, ValueError, KeyError, RuntimeError) as err:

@@ -183,3 +183,19 @@ def test_a_dispatched_pair_patches_as_the_plain_one(model_dirs, tmp_path, corrup
     expected = run_cmap(plain, PROMPTS, site=site, max_new_tokens=4).steps
     assert ours["token_id"].to_list() == expected["token_id"].to_list()
     assert (ours["dl_patch"] - expected["dl_patch"]).abs().max() < 1e-5
+
+
+def test_an_adapter_on_disk_offloaded_layers_is_refused_leaving_nothing(
+    model_dirs, tmp_path, monkeypatch
+):
+    """peft cannot attach to disk-offloaded weights (and its attempt copies them under the
+    working directory): load_pair says so before it tries."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PatchError, match=r"offloads model.layers.1, model.layers.3 to disk"):
+        load_pair(
+            model_dirs / "clean",
+            model_dirs / "adapter",
+            device_map=DEVICE_MAP,
+            offload_folder=tmp_path / "offload",
+        )
+    assert not (tmp_path / "tmp").exists()
