@@ -98,10 +98,7 @@ def run_cmap(
     targets = resolve_targets(pair.clean.config, site, layers, heads, engine.layout)
     prompts = check_prompts(prompts_ids, pair.clean.config.vocab_size)
     _check_run(mode, max_new_tokens, max_batch)
-    if pair.clean.config.model_type not in LAYOUTS:
-        from patchers.reference import self_test
-
-        self_test(pair, site, prompts[0], mode)
+    engine.check_generic(prompts[0], mode)
     return engine.run(targets, prompts, max_new_tokens, eos_token_ids, mode, max_batch)
 
 
@@ -146,6 +143,7 @@ class _Plan:
     sources: Tensor
     blocks: dict[int, tuple[int, int]]  # target layer -> its patched rows [start, end)
     heads: Tensor | None
+    rows: Tensor  # every row of the expanded batch: the base row whose per-row inputs it takes
 
 
 class _Engine:
@@ -162,6 +160,13 @@ class _Engine:
         self.phase: Literal["corrupt", "clean"] | None = None  # which forward is running
         self.plan: _Plan | None = None
         self.captured: dict[int, Tensor] = {}
+
+    def check_generic(self, prompt: list[int], mode: Mode) -> None:
+        """A model outside the family table: the one-step self-test against the reference."""
+        if self.pair.clean.config.model_type not in LAYOUTS:
+            from patchers.reference import self_test
+
+            self_test(self.pair, self.site, prompt, mode)
 
     def entry(self, target: Target) -> int:
         """The layer at whose input a target's patched row is born (n_layers: after the last)."""
@@ -215,12 +220,11 @@ class _Engine:
                     stack.enter_context(
                         attach(self.pair.corrupt, self.site, layer, self._capture(layer))
                     )
-                if self.site == "resid_post":
-                    module = decoder_layers(clean, layout)[layer]
-                    handle = module.register_forward_hook(self._born_after(layer))
-                    stack.callback(handle.remove)
-                elif self.site != "resid_pre":
-                    stack.enter_context(attach(clean, self.site, layer, self._write(layer), layout))
+                if self.site != "resid_pre":  # resid_pre: born and written in `_enter`
+                    fn = (
+                        self._born_after(layer) if self.site == "resid_post" else self._write(layer)
+                    )
+                    stack.enter_context(attach(clean, self.site, layer, fn, layout))
             yield
 
     @contextmanager
@@ -275,9 +279,7 @@ class _Engine:
                     start, end = plan.blocks[index]
                     born[:, -1] = self._corrupt_value(index, hidden, slice(start, end))
                 hidden = torch.cat([hidden, born])
-            rows = torch.cat(
-                [torch.arange(plan.base, device=plan.clean_rows.device), plan.clean_rows[:need]]
-            )
+            rows = plan.rows[: plan.base + need]
             args = tuple(_per_row(a, plan.base, rows) for a in args[1:])
             kwargs = {k: _per_row(v, plan.base, rows) for k, v in kwargs.items()}
             if "hidden_states" in kwargs:
@@ -291,18 +293,16 @@ class _Engine:
         """`resid_post`: the patched rows of `layer` are born at its output, with the corrupted
         output at the last position."""
 
-        def hook(module, args, output):
+        def fn(hidden: Tensor) -> Tensor | None:
             plan = self.plan
             if self.phase != "clean" or plan is None or layer not in plan.blocks:
                 return None
-            hidden = output[0] if isinstance(output, tuple) else output
             start, end = plan.blocks[layer]
             born = hidden[plan.clean_rows[start:end].to(hidden.device)].clone()
             born[:, -1] = self._corrupt_value(layer, hidden, slice(start, end))
-            hidden = torch.cat([hidden, born])
-            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+            return torch.cat([hidden, born])
 
-        return hook
+        return fn
 
     def _capture(self, layer: int):
         def fn(activation: Tensor) -> None:
@@ -428,9 +428,10 @@ class _Decoder:
         return self.n_contexts if self.engine.shared else 0
 
     def mirrored(self) -> list[int]:
-        """Patched rows alive at each layer's input (and after the last layer)."""
-        entry = self.entry[self.alive]
-        return [int((entry <= layer).sum()) for layer in range(self.engine.n_layers + 1)]
+        """Patched rows alive at each layer's input (and after the last layer): a prefix of
+        the live trajectories, which stay sorted by entry layer."""
+        layers = torch.arange(self.engine.n_layers + 1, device=self.entry.device)
+        return torch.searchsorted(self.entry[self.alive], layers, right=True).tolist()
 
     def _prefill(self, distinct: list[tuple[int, ...]]) -> None:
         """Run each distinct prompt minus its last token once per model; mirror the clean rows
@@ -463,13 +464,17 @@ class _Decoder:
             members = (layer == target).nonzero()[:, 0]
             blocks[target] = (int(members[0]), int(members[-1]) + 1)
         heads = self.head[self.alive] if self.engine.site == "head" else None
+        self.per_layer = self.mirrored()  # this step's; the reset and `_advance` reuse it
+        clean_rows = self.clean_offset + self.ctx_of
+        base = torch.arange(self.base, device=clean_rows.device)
         self.engine.plan = _Plan(
             base=self.base,
-            alive=self.mirrored(),
-            clean_rows=self.clean_offset + self.ctx_of,
+            alive=self.per_layer,
+            clean_rows=clean_rows,
             sources=self.ctx_of,
             blocks=blocks,
             heads=heads,
+            rows=torch.cat([base, clean_rows]),
         )
 
     def _step(self, column: int) -> dict[str, Tensor]:
@@ -501,7 +506,7 @@ class _Decoder:
         engine.captured.clear()
         if self.mode == "transient":  # the patched keys/values were for this step only
             clean_rows = self.clean_offset + self.ctx_of
-            for layer, m in zip(self.clean_cache.layers, self.mirrored(), strict=False):
+            for layer, m in zip(self.clean_cache.layers, self.per_layer, strict=False):
                 _reset_newest(layer, self.base, clean_rows[:m])
         self.rows["patched"] += len(self.ctx_of)
         self.rows["context"] += n
@@ -514,7 +519,7 @@ class _Decoder:
         """Keep the live trajectories (`keep`: their row indices), append each one's next token,
         and regroup them by context: a context splits where its trajectories' tokens differ."""
         n, live, old_base = self.n_contexts, len(self.ctx_of), self.base
-        old_mirrored = self.mirrored()
+        old_mirrored = self.per_layer  # the step just taken
         key = self.ctx_of[keep] * self.engine.vocab + next_tokens[keep]
         unique, self.ctx_of = torch.unique(key, return_inverse=True)
         parent = unique // self.engine.vocab

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from patchers.cmap import LAYOUTS, Mode, _check_run, _Engine, check_prompts
+from patchers.cmap import Mode, _check_run, _Engine, check_prompts
 from patchers.errors import PatchError
 from patchers.models import ModelPair
 from patchers.sites import resolve_targets
@@ -42,9 +42,6 @@ def run_cmap_teacher_forced(
         raise PatchError(f"{len(prompts)} prompts but {len(continuations_ids)} continuations")
     continuations = check_prompts(continuations_ids, vocab)
     _check_run(mode, 1, max_batch)
-    if pair.clean.config.model_type not in LAYOUTS:
-        from patchers.reference import self_test
-
-        self_test(pair, site, prompts[0], mode)
+    engine.check_generic(prompts[0], mode)
     result = engine.run(targets, prompts, 1, (), mode, max_batch, forced=continuations)
     return result.steps
