@@ -147,6 +147,14 @@ class PatchConfig(Strict):
             raise ValueError("layers must be 'all' or non-negative layer indices")
         return value
 
+    def requested_layers(self) -> list[int] | None:
+        """The layers as the patcher takes them: None for every layer."""
+        return None if self.layers == "all" else list(self.layers)
+
+    def requested_heads(self) -> list[int] | None:
+        """The heads as the patcher takes them: None for every head (or no head site)."""
+        return None if self.heads in (None, "all") else list(self.heads)
+
     def token_limit(self, eval_max_new_tokens: int) -> int:
         """The patched generations' token limit: this config's, else the evaluation's."""
         return self.max_new_tokens if self.max_new_tokens is not None else eval_max_new_tokens

@@ -177,8 +177,7 @@ def run_patch(
 
     check_out_dir(out_dir)
     prompt_ids = encode_prompts(models, questions, prompt_format)
-    layers = None if patch.layers == "all" else list(patch.layers)
-    heads = None if patch.heads in (None, "all") else list(patch.heads)
+    layers, heads = patch.requested_layers(), patch.requested_heads()
     steps, texts = [], []
     for site in sites or patch.sites:
         result = run_cmap(models.pair, prompt_ids, site=site, layers=layers,
@@ -229,8 +228,7 @@ def run_screen(
         raise HarnessError("no non-empty responses to force")
     prompt_ids = encode_prompts(models, [questions[i] for i in kept], prompt_format)
     forced = [models.tokenizer.encode(responses[i], add_special_tokens=False) for i in kept]
-    layers = None if patch.layers == "all" else list(patch.layers)
-    heads = None if patch.heads in (None, "all") else list(patch.heads)
+    layers, heads = patch.requested_layers(), patch.requested_heads()
     steps = pl.concat(
         run_cmap_teacher_forced(
             models.pair,

@@ -182,10 +182,12 @@ def patch_problems(cfg: ExperimentConfig, clean: str | None = None) -> list[str]
         )
     shape = _shape_of(clean or cfg.models.clean)
     problems += layout_problems(shape, patch.sites, "models.clean", cfg.models.trust_remote_code)
-    layers = None if patch.layers == "all" else patch.layers
-    heads = None if patch.heads in (None, "all") else patch.heads
     problems += range_problems(
-        shape, layers, heads, layers_key="patch.layers", heads_key="patch.heads"
+        shape,
+        patch.requested_layers(),
+        patch.requested_heads(),
+        layers_key="patch.layers",
+        heads_key="patch.heads",
     )
     return problems
 
