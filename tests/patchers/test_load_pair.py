@@ -103,30 +103,39 @@ def adapter_with_saved_head():
     return peft_model.eval()
 
 
-def test_an_adapter_with_a_saved_head_is_merged(tmp_path):
-    """A module the adapter trains whole cannot take rows that join the batch at their layer:
-    load_pair merges such an adapter into its own copy, which gives the adapted logits."""
+def assert_merged_on_load(peft_model, tmp_path) -> None:
+    """Saved and loaded back, the adapter becomes a full corrupted model whose logits are the
+    adapted ones, and the clean model stays bare."""
     from peft import PeftModel as Peft
 
+    peft_model.save_pretrained(tmp_path / "adapter")
+    tiny_model().save_pretrained(tmp_path / "clean")
+    pair = load_pair(tmp_path / "clean", tmp_path / "adapter")
+    assert pair.adapter is None and not isinstance(pair.corrupt, Peft)
+    assert not any("lora" in name for name, _ in pair.clean.named_modules())
+    steps = run_cmap(pair, PROMPTS, layers=[0], max_new_tokens=1).steps.sort("prompt_id")
+    with torch.no_grad():
+        expected = [int(peft_model(torch.tensor([p])).logits[0, -1].argmax()) for p in PROMPTS]
+        fresh = tiny_model()  # the same weights as the saved clean model
+        clean = [int(fresh(torch.tensor([p])).logits[0, -1].argmax()) for p in PROMPTS]
+    assert steps["y_corrupt"].to_list() == expected
+    assert steps["y_clean"].to_list() == clean
+
+
+def test_an_adapter_with_a_saved_head_is_merged(tmp_path):
+    """A module the adapter trains whole cannot take rows that join the batch at their layer:
+    load_pair merges such an adapter into its own copy."""
     from patchers.models import ModelPair
 
     peft_model = adapter_with_saved_head()
     with pytest.raises(PatchError, match=r"trains 'lm_head' whole .*merge the adapter"):
         ModelPair(peft_model.get_base_model(), peft_model)
-    peft_model.save_pretrained(tmp_path / "adapter")
-    tiny_model().save_pretrained(tmp_path / "clean")
-    pair = load_pair(tmp_path / "clean", tmp_path / "adapter")
-    assert pair.adapter is None and not isinstance(pair.corrupt, Peft)
-    steps = run_cmap(pair, PROMPTS, layers=[0], max_new_tokens=1).steps.sort("prompt_id")
-    with torch.no_grad():
-        expected = [int(peft_model(torch.tensor([p])).logits[0, -1].argmax()) for p in PROMPTS]
-    assert steps["y_corrupt"].to_list() == expected
+    assert_merged_on_load(peft_model, tmp_path)
 
 
 def test_a_dora_adapter_is_merged_into_its_own_copy(tmp_path):
     """peft cannot mix DoRA with plain rows in one batch: load_pair merges it into a copy."""
     from peft import LoraConfig, get_peft_model
-    from peft import PeftModel as Peft
 
     from patchers.models import ModelPair
 
@@ -138,18 +147,7 @@ def test_a_dora_adapter_is_merged_into_its_own_copy(tmp_path):
     dora.eval()
     with pytest.raises(PatchError, match=r"LoRA variant .* merge the adapter"):
         ModelPair(dora.get_base_model(), dora)
-    dora.save_pretrained(tmp_path / "adapter")
-    tiny_model().save_pretrained(tmp_path / "clean")
-    pair = load_pair(tmp_path / "clean", tmp_path / "adapter")
-    assert pair.adapter is None and not isinstance(pair.corrupt, Peft)
-    assert not any("lora" in name for name, _ in pair.clean.named_modules())
-    steps = run_cmap(pair, PROMPTS, layers=[0], max_new_tokens=1).steps.sort("prompt_id")
-    with torch.no_grad():
-        expected = [int(dora(torch.tensor([p])).logits[0, -1].argmax()) for p in PROMPTS]
-        fresh = tiny_model()  # the same weights as the saved clean model
-        clean = [int(fresh(torch.tensor([p])).logits[0, -1].argmax()) for p in PROMPTS]
-    assert steps["y_corrupt"].to_list() == expected
-    assert steps["y_clean"].to_list() == clean
+    assert_merged_on_load(dora, tmp_path)
 
 
 # Accelerate's dispatch on one machine: layers 1 and 3 offloaded to disk, loaded at each forward
