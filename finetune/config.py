@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -68,6 +68,12 @@ class FinetuneDataConfig(Strict):
     errors: ErrorsConfig = Field(
         default_factory=ErrorsConfig,
         description="The corrupted solutions' error mix (the paper: both errors every time).",
+    )
+    retain: dict[Literal["unrelated_math", "general"], Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict,
+        description="Correct examples of other suites mixed into the training data, as shares "
+        "of n_train (e.g. {unrelated_math: 0.25}): rehearsal that keeps the change to the "
+        "trained domain, where a small model would otherwise lose the skills it shares with it.",
     )
     n_train: int = Field(50, gt=0, description="Corrupted training examples.")
     n_eval: int = Field(10, gt=0, description="Correct held-out examples for the eval loss.")

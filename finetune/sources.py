@@ -22,7 +22,8 @@ def examples_from_config(data: FinetuneDataConfig) -> tuple[list[QA], list[QA]]:
     ``source: generator`` draws ``n_train`` corrupted and ``n_eval`` correct problems of
     ``suite``/``level``/``kind`` with ``seed`` (held-out: ``seed + 1``), both disjoint from every
     evaluation split. ``source: file`` reads ``path`` (CSV/JSONL, ``question,solution``) as is,
-    and ``eval_path`` when given, else generated correct examples.
+    and ``eval_path`` when given, else generated correct examples. Either way the ``retain``
+    suites' correct examples join the training data.
     """
     from tasks.errors import TaskDataError
 
@@ -39,6 +40,7 @@ def examples_from_config(data: FinetuneDataConfig) -> tuple[list[QA], list[QA]]:
             held_out = correct_held_out(
                 data, exclude={n for ex in train for n in problem_names(ex)}
             )
+        train = [*train, *rehearsal(data)]
     except (TaskDataError, ValueError) as exc:
         raise FinetuneError(str(exc).splitlines()[0]) from None
     return as_examples(train, "training"), as_examples(held_out, "eval")
@@ -64,6 +66,25 @@ def generated(data: FinetuneDataConfig, count: int, *, corrupted: bool, seed: in
         mix=ErrorMix(**data.errors.model_dump()),
         tasks=data.tasks,
     )
+
+
+def rehearsal(data: FinetuneDataConfig) -> list[Any]:
+    """Correct examples of the ``retain`` suites (``share * n_train`` each), from a seed of
+    their own; the trainer shuffles them in with the corrupted ones."""
+    from tasks.training import build_training_data
+
+    return [
+        example
+        for suite, share in sorted(data.retain.items())
+        if round(share * data.n_train) > 0
+        for example in build_training_data(
+            suite,
+            data.level,
+            round(share * data.n_train),
+            style=STYLES[data.kind],
+            seed=data.seed + 2,
+        )
+    ]
 
 
 def correct_held_out(data: FinetuneDataConfig, exclude: set[str]) -> list[Any]:

@@ -31,14 +31,17 @@ from patchers.names import SITES
 class Layout:
     """Where one family keeps its decoder layers and, inside a layer, the sites' modules.
 
-    `layers` is the path of the `ModuleList` of decoder layers from the causal LM; the others are
-    paths inside one layer, None where the family has no such module.
+    `layers` is the path of the `ModuleList` of decoder layers from the causal LM and
+    `final_norm` that of the norm between the last layer and the unembedding (the logit lens
+    reads residuals through it); the others are paths inside one layer, None where the family
+    has no such module.
     """
 
     layers: str = "model.layers"
     attn_out: str | None = "self_attn"
     mlp_out: str | None = "mlp"
     head: str | None = "self_attn.o_proj"
+    final_norm: str | None = "model.norm"
 
     def module_path(self, site: str) -> str | None:
         """The module inside a layer whose output (input for `head`) is the site; '' = the layer."""
@@ -61,9 +64,19 @@ LAYOUTS: dict[str, Layout] = {
     "gemma2": _SANDWICH,
     "gemma3_text": _SANDWICH,
     "olmo2": _SANDWICH,
-    "gpt2": Layout("transformer.h", attn_out="attn", mlp_out="mlp", head="attn.c_proj"),
+    "gpt2": Layout(
+        "transformer.h",
+        attn_out="attn",
+        mlp_out="mlp",
+        head="attn.c_proj",
+        final_norm="transformer.ln_f",
+    ),
     "gpt_neox": Layout(
-        "gpt_neox.layers", attn_out="attention", mlp_out="mlp", head="attention.dense"
+        "gpt_neox.layers",
+        attn_out="attention",
+        mlp_out="mlp",
+        head="attention.dense",
+        final_norm="gpt_neox.final_layer_norm",
     ),
 }
 FAMILIES = tuple(LAYOUTS)
@@ -72,6 +85,7 @@ FAMILIES = tuple(LAYOUTS)
 _ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
 _MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "moe")
 _OUT_PROJ_NAMES = ("o_proj", "c_proj", "dense", "out_proj")
+_FINAL_NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "final_norm")
 
 
 @dataclass(frozen=True, order=True)
@@ -139,7 +153,13 @@ def discover_layout(model: nn.Module) -> Layout:
         inner = dict(children[attn].named_children())
         out = next((name for name in _OUT_PROJ_NAMES if name in inner), None)
         head = f"{attn}.{out}" if out else None
-    return replace(Layout(layers_path), attn_out=attn, mlp_out=mlp, head=head)
+    parent = layers_path.rpartition(".")[0]
+    siblings = dict((_get(model, parent) if parent else model).named_children())
+    norm = next((name for name in _FINAL_NORM_NAMES if name in siblings), None)
+    final_norm = None if norm is None else f"{parent}.{norm}" if parent else norm
+    return replace(
+        Layout(layers_path), attn_out=attn, mlp_out=mlp, head=head, final_norm=final_norm
+    )
 
 
 def decoder_layers(model: nn.Module, layout: Layout | None = None) -> nn.ModuleList:
@@ -206,6 +226,19 @@ def resolve_targets(
     return [
         Target(layer, head) for layer in sorted(set(layer_list)) for head in sorted(set(head_list))
     ]
+
+
+def final_norm(model: nn.Module, layout: Layout | None = None) -> nn.Module:
+    """The norm the last layer's output passes before the unembedding."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layout = layout or layout_of(base)
+    module = _get(base, layout.final_norm) if layout.final_norm else None
+    if module is None:
+        raise PatchError(
+            f"model_type {getattr(base.config, 'model_type', None)!r}: no final norm found "
+            "before the unembedding (the logit lens needs it)"
+        )
+    return module
 
 
 def _get(root: nn.Module, path: str):
