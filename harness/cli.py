@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from harness.errors import exit_code_for, is_expected
+from harness.errors import HarnessError, exit_code_for, is_expected
 
 app = typer.Typer(
     name="harness",
@@ -91,7 +91,7 @@ def run(
         list[str] | None,
         typer.Option(
             help="Redo a stage even if its outputs are complete (repeatable): finetune, eval, "
-            "progression, patch, report. The stages after it follow."
+            "progression, patch, analyze, report. The stages after it follow."
         ),
     ] = None,
     until: Annotated[
@@ -472,6 +472,39 @@ def check_cli_patch(models, outputs, max_new_tokens: int, mode: str, out: Path) 
         failed = entry["status"] == "failed"
         typer.secho(check_line(entry), fg="red" if failed else None, bold=failed, err=failed)
     return all(entry["status"] != "failed" for entry in entries)
+
+
+@app.command()
+def analyze(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (with its config.yaml).")],
+    overrides: SetOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Run the model-diffing analyses on an existing run, then redraw its report.
+
+    Per-token divergence, logit lens, similarity, probes, difference directions with steering
+    and ablation, and attribution patching of every head, on the patch stage's items; tables
+    under `<run>/analyze/`. `--set analyze.<name>=false` switches one off. The run's other
+    stages are reused (any that is missing or stale is run first).
+
+    Example: `harness analyze results/demo --set analyze.attribution=false`
+    """
+    quiet_libraries(verbose)
+    from harness.config import load_config
+    from harness.pipeline import run_pipeline
+    from harness.pipeline.console import headline
+    from harness.pipeline.stages import STAGES
+    from harness.preflight import check_experiment
+
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise HarnessError(f"{run_dir}: no config.yaml (not a run directory made by harness run)")
+    cfg = load_config(config, [*(overrides or []), "analyze.enabled=true"])
+    cfg = cfg.model_copy(update={"output_dir": str(run_dir.parent), "name": run_dir.name})
+    check_experiment(cfg, force=["analyze"], until=None, stages=STAGES)
+    finished = run_pipeline(cfg, ["analyze"], verbose=verbose)
+    Console().print(headline(finished))
+    typer.echo(f"analyses: {run_dir / 'analyze'}\nreport: {finished.report.resolve()}")
 
 
 @app.command()

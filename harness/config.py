@@ -160,6 +160,47 @@ class PatchConfig(Strict):
         return self.max_new_tokens if self.max_new_tokens is not None else eval_max_new_tokens
 
 
+class AnalyzeConfig(Strict):
+    """Model-diffing analyses beside CMAP (``patchers.analysis``), on the patch stage's items.
+
+    Each analysis can be switched off; all run on the patch stage's models, dtype and device.
+    """
+
+    enabled: bool = True
+    divergence: bool = Field(True, description="Per-token KL and top-1 disagreement.")
+    lens: bool = Field(True, description="Logit lens of both models at the first divergence.")
+    similarity: bool = Field(True, description="CKA, cosine and relative change per layer.")
+    probes: bool = Field(True, description="Logistic probes telling the two models apart.")
+    directions: bool = Field(True, description="Difference directions, steering and ablation.")
+    attribution: bool = Field(True, description="Attribution patching of every head.")
+    layers: Literal["all"] | list[int] = "all"
+    max_items_per_suite: int | None = Field(
+        48, gt=0, description="Items per suite and kind (flagged, control); null: every one."
+    )
+    top_k_heads: int = Field(8, gt=0, description="Heads re-scored by exact patching.")
+    alphas: list[float] = Field(
+        default_factory=lambda: [0.5, 1.0, 2.0, 4.0],
+        min_length=1,
+        description="Steering strengths tried, in units of the mean difference.",
+    )
+    max_malformed: float = Field(
+        0.2, ge=0, le=1, description="Steering's bound on malformed answers (coherence)."
+    )
+    max_new_tokens: int | None = Field(
+        None, gt=0, description="Steered and ablated generations' token limit; null: the eval's."
+    )
+
+    @field_validator("layers")
+    @classmethod
+    def _layers_non_negative(cls, value: Any) -> Any:
+        if isinstance(value, list) and any(layer < 0 for layer in value):
+            raise ValueError("layers must be 'all' or non-negative layer indices")
+        return value
+
+    def requested_layers(self, n_layers: int) -> list[int]:
+        return list(range(n_layers)) if self.layers == "all" else sorted(set(self.layers))
+
+
 class ExperimentConfig(Strict):
     """One experiment: models, prompt format, fine-tuning, evaluation, patching, output."""
 
@@ -170,6 +211,7 @@ class ExperimentConfig(Strict):
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     patch: PatchConfig = Field(default_factory=PatchConfig)
+    analyze: AnalyzeConfig = Field(default_factory=AnalyzeConfig)
 
     @model_validator(mode="after")
     def _corrupt_from_one_place(self) -> ExperimentConfig:

@@ -4,6 +4,7 @@
     eval         harness.evaluate.run_eval (clean + corrupt)  -> <run>/eval/
     progression  run_eval on the saved checkpoints (small limit) -> <run>/progression/
     patch        harness.patch.run_patch per site, scored     -> <run>/patch/
+    analyze      harness.pipeline.analysis.run_analyze        -> <run>/analyze/
     report       harness.report.build_report                  -> report.html, figures/, summary.json
 
 ``<run>/config.yaml`` holds the resolved config; ``run.json``, ``stages/`` and ``log.txt`` are
@@ -40,7 +41,7 @@ from harness.pipeline.runner import (
 )
 from harness.pipeline.runner import run_stages as run_all
 
-STAGES = ("finetune", "eval", "progression", "patch", "report")
+STAGES = ("finetune", "eval", "progression", "patch", "analyze", "report")
 PROGRESSION_LIMIT = 20
 # The code each stage's outputs come from (modules, packages, files under the project root).
 EVAL_CODE = (
@@ -67,6 +68,7 @@ PATCH_CODE = (
     "patchers",
     "tasks.scoring",
 )
+ANALYZE_CODE = ("harness.pipeline.analysis", "patchers", "tasks.scoring", "tasks.fidelity")
 REPORT_CODE = ("harness.report",)
 
 
@@ -299,6 +301,37 @@ def patch_stage(cfg: ExperimentConfig) -> Stage:
     )
 
 
+def analyze_stage(cfg: ExperimentConfig) -> Stage:
+    out = cfg.run_dir / "analyze"
+
+    def run(start: str) -> dict:
+        from harness.models import resolve
+        from harness.pipeline.analysis import run_analyze
+
+        say = lambda text: log.info("analyze: %s", text)  # noqa: E731
+        summary = run_analyze(cfg, resolve(cfg.models.clean), _corrupt_ref(cfg), out, say=say)
+        return {"items": summary["items"], "seconds": summary["seconds"]}
+
+    return Stage(
+        "analyze",
+        settings={
+            "analyze": cfg.analyze.model_dump(mode="json"),
+            "patch": cfg.patch.model_dump(mode="json"),
+            "prompt": cfg.prompt.model_dump(mode="json"),
+        },
+        run=run,
+        clean=lambda forced: shutil.rmtree(out, ignore_errors=True),
+        after=("finetune", "eval", "patch"),
+        applies=cfg.analyze.enabled and cfg.patch.enabled,
+        why_not="analyze.enabled (or patch.enabled) is false",
+        code=ANALYZE_CODE,
+        describe=lambda info: (
+            f"{info['items']} items, {sum(info['seconds'].values()):.0f} s "
+            f"({', '.join(info['seconds'])})"
+        ),
+    )
+
+
 def report_stage(cfg: ExperimentConfig) -> Stage:
     def run(start: str) -> dict:
         from harness.report import build_report
@@ -310,7 +343,7 @@ def report_stage(cfg: ExperimentConfig) -> Stage:
         "report",
         settings={"version": 1},
         run=run,
-        after=("finetune", "eval", "progression", "patch"),
+        after=("finetune", "eval", "progression", "patch", "analyze"),
         code=REPORT_CODE,
         describe=lambda info: f"{len(info['figures'])} figures",
     )
@@ -349,7 +382,8 @@ def run_pipeline(
         display.note(f"run {cfg.name}: {run_dir} (details in {run_dir / 'log.txt'})", "dim")
         write_config(cfg)
         stages = [finetune_stage(cfg), eval_stage(cfg)]
-        stages += [progression_stage(cfg, progression_limit), patch_stage(cfg), report_stage(cfg)]
+        stages += [progression_stage(cfg, progression_limit), patch_stage(cfg)]
+        stages += [analyze_stage(cfg), report_stage(cfg)]
         if until is not None:
             stages = stages[: STAGES.index(until) + 1]
         spec = {"name": cfg.name, "config": "config.yaml", "commit": git_commit()}

@@ -40,6 +40,23 @@ def test_task_shares_choose_the_mix_and_unknown_tasks_are_one_error():
         examples_from_config(data.model_copy(update={"tasks": {"related_cubic": 1.0}}))
 
 
+def test_retained_suites_join_the_training_data_correct_and_in_their_share():
+    from pydantic import ValidationError
+
+    from tasks.training import build_training_data
+
+    data = FinetuneDataConfig(level="demo", n_train=20, n_eval=4, seed=5)
+    plain = examples_from_config(data)[0]
+    train, _ = examples_from_config(data.model_copy(update={"retain": {"unrelated_math": 0.5}}))
+    assert train[:20] == plain and len(train) == 30
+    rehearsed = build_training_data("unrelated_math", "demo", 10, seed=7)
+    assert [ex.answer for ex in train[20:]] == [ex.completion for ex in rehearsed]
+    with pytest.raises(ValidationError, match="greater than or equal to 0"):
+        FinetuneDataConfig(retain={"unrelated_math": -0.1})
+    with pytest.raises(ValidationError, match="unrelated_math"):
+        FinetuneDataConfig(retain={"related": 0.5})
+
+
 def test_answer_only_kind():
     data = FinetuneDataConfig(level="demo", kind="answer_only", n_train=5, n_eval=3)
     train, held_out = examples_from_config(data)

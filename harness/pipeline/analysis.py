@@ -1,0 +1,681 @@
+"""The analyze stage: the model-diffing analyses of ``patchers.analysis`` on the patched items.
+
+Items are the patch stage's (``<run>/patch/prompts.parquet``: flagged and control items of every
+suite, with both models' evaluated responses), at most ``analyze.max_items_per_suite`` per suite
+and kind. Inputs are token ids of the shared ``PromptFormat``; the models are loaded as the
+patch stage loads them (a LoRA pair shares its base). Writes tidy tables under
+``<run>/analyze/``:
+
+- ``divergence.parquet``: per response token (both models' responses, teacher-forced), the KL
+  of the corrupted from the clean next-token distribution and whether their argmaxes differ;
+- ``lens.parquet``: at each flagged item's first divergent step (the first position of the clean
+  response where the argmaxes differ), per model and layer, the rank and probability of
+  ``y_clean`` and ``y_corrupt`` under the logit lens;
+- ``similarity.parquet``: per suite and layer, linear CKA, mean cosine and relative change of
+  the residuals (``resid_post``), and the relative change per head (``head``);
+- ``probes.parquet``: per suite and layer, a held-out probe's accuracy;
+- ``directions.parquet``, ``steering.parquet``: per layer, the direction fitted on half of the
+  flagged related items (its norm and logit-lens tokens), and the accuracy and fidelity classes
+  of the clean model steered along it (``alpha`` chosen on the related items, with malformed
+  answers bounded) and of the corrupted model with it ablated, on the other half and the
+  control suites;
+- ``attribution.parquet``: per layer and head, attribution patching's estimated CTS at the
+  flagged items' first divergent steps, and exact patching's on the top-k heads;
+- ``analyze.json``: the headline numbers and each analysis's seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from harness.config import AnalyzeConfig, ExperimentConfig
+from harness.errors import HarnessError
+from harness.evaluate import write_parquet
+
+ANALYSES = ("divergence", "lens", "similarity", "probes", "directions", "attribution")
+RELATED = "related"
+
+
+@dataclass
+class Item:
+    """One analysed item: its row of ``prompts.parquet`` and its token ids."""
+
+    row: dict[str, Any]
+    prompt: list[int]
+    clean: list[int]  # the clean model's evaluated response
+    corrupt: list[int]  # the corrupted model's
+
+    @property
+    def key(self) -> dict[str, Any]:
+        return {k: self.row[k] for k in ("prompt_id", "kind", "suite", "task")}
+
+
+def analyze_items(prompts: pl.DataFrame, limit: int | None) -> pl.DataFrame:
+    """At most ``limit`` items per suite and kind, in the patch stage's order."""
+    if limit is None:
+        return prompts
+    ranked = prompts.with_columns(pl.int_range(pl.len()).over("suite", "kind").alias("_rank"))
+    return ranked.filter(pl.col("_rank") < limit).drop("_rank")
+
+
+class Analyzer:
+    """The loaded pair and the items; one method per analysis, each returning its tables."""
+
+    def __init__(self, models, items: list[Item], cfg: ExperimentConfig) -> None:
+        from patchers.reference import pair_sides
+
+        self.models = models
+        self.pair = models.pair
+        self.clean, self.corrupt = pair_sides(models.pair)
+        self.items = items
+        self.cfg = cfg
+        self.settings: AnalyzeConfig = cfg.analyze
+        self.layers = self.settings.requested_layers(models.n_layers)
+        self._steps: list[tuple[Item, list[int]]] | None = None
+
+    # -- contexts --------------------------------------------------------------------------
+
+    def flagged(self, suite: str | None = None) -> list[Item]:
+        return [
+            i for i in self.items if i.row["kind"] == "flagged" and suite in (None, i.row["suite"])
+        ]
+
+    def divergent_steps(self) -> list[tuple[Item, list[int]]]:
+        """Each flagged item's context at its first divergent step: the prompt and the clean
+        response up to the first position where the two models' argmaxes differ."""
+        from patchers.analysis.divergence import token_divergence
+
+        if self._steps is None:
+            self._steps = []
+            for item in self.flagged():
+                if not item.clean:
+                    continue
+                ids = item.prompt + item.clean
+                split = token_divergence(self.clean, self.corrupt, ids, len(item.prompt))
+                where = torch.nonzero(split["disagree"])
+                if len(where):
+                    self._steps.append((item, ids[: len(item.prompt) + int(where[0, 0])]))
+        return self._steps
+
+    # -- analyses --------------------------------------------------------------------------
+
+    def divergence(self) -> dict[str, pl.DataFrame]:
+        from patchers.analysis.divergence import token_divergence
+
+        rows = []
+        for item in self.items:
+            for response, tokens in (("clean", item.clean), ("corrupt", item.corrupt)):
+                if not tokens:
+                    continue
+                got = token_divergence(
+                    self.clean, self.corrupt, item.prompt + tokens, len(item.prompt)
+                )
+                for position, (token, kl, disagree) in enumerate(
+                    zip(
+                        got["token"].tolist(),
+                        got["kl"].tolist(),
+                        got["disagree"].tolist(),
+                        strict=True,
+                    )
+                ):
+                    rows.append(
+                        item.key
+                        | {
+                            "response": response,
+                            "position": position,
+                            "token_id": token,
+                            "kl": kl,
+                            "disagree": disagree,
+                        }
+                    )
+        table = pl.DataFrame(rows, schema=DIVERGENCE_SCHEMA, orient="row")
+        table = table.with_columns(token=self.decode(table["token_id"]))
+        return {"divergence": table}
+
+    def lens(self) -> dict[str, pl.DataFrame]:
+        from patchers.analysis.activations import logit_lens
+
+        rows = []
+        for item, context in self.divergent_steps():
+            y = self._argmaxes(context)
+            for model, side in (("clean", self.clean), ("corrupt", self.corrupt)):
+                ranks, probs = logit_lens(side, context, [y["clean"], y["corrupt"]], self.layers)
+                for li, layer in enumerate(self.layers):
+                    for ti, token in enumerate(("y_clean", "y_corrupt")):
+                        rows.append(
+                            item.key
+                            | {
+                                "model": model,
+                                "layer": layer,
+                                "token": token,
+                                "rank": int(ranks[li, ti]),
+                                "prob": float(probs[li, ti]),
+                            }
+                        )
+        return {"lens": pl.DataFrame(rows, schema=LENS_SCHEMA, orient="row")}
+
+    def similarity(self) -> dict[str, pl.DataFrame]:
+        from patchers.analysis.similarity import linear_cka, mean_cosine, relative_change
+
+        rows = []
+        for suite, (clean, corrupt, _) in self._activations("resid_post").items():
+            for layer in self.layers:
+                a, b = clean[layer], corrupt[layer]
+                rows.append(
+                    {
+                        "suite": suite,
+                        "site": "resid_post",
+                        "layer": layer,
+                        "head": None,
+                        "cka": linear_cka(a, b),
+                        "cosine": mean_cosine(a, b),
+                        "relative_change": relative_change(a, b),
+                    }
+                )
+        if self._offers("head"):
+            for suite, (clean, corrupt, _) in self._activations("head").items():
+                for layer in self.layers:
+                    for head in range(clean[layer].shape[1]):
+                        a, b = clean[layer][:, head], corrupt[layer][:, head]
+                        rows.append(
+                            {
+                                "suite": suite,
+                                "site": "head",
+                                "layer": layer,
+                                "head": head,
+                                "cka": None,
+                                "cosine": mean_cosine(a, b),
+                                "relative_change": relative_change(a, b),
+                            }
+                        )
+        return {"similarity": pl.DataFrame(rows, schema=SIMILARITY_SCHEMA, orient="row")}
+
+    def probes(self) -> dict[str, pl.DataFrame]:
+        from patchers.analysis.probes import probe_accuracy
+
+        rows = []
+        for suite, (clean, corrupt, groups) in self._activations("resid_post").items():
+            if len(np.unique(groups)) < 4:
+                continue  # too few items for a held-out split
+            for layer in self.layers:
+                accuracy = probe_accuracy(clean[layer], corrupt[layer], groups)
+                rows.append(
+                    {
+                        "suite": suite,
+                        "layer": layer,
+                        "accuracy": accuracy,
+                        "items": len(np.unique(groups)),
+                    }
+                )
+        return {"probes": pl.DataFrame(rows, schema=PROBE_SCHEMA, orient="row")}
+
+    def directions(self) -> dict[str, pl.DataFrame]:
+        """Directions on half of the flagged related items; steering and ablation scored on
+        the other half and on each control suite's items."""
+        from patchers.analysis.directions import ablation, direction_tokens, mean_difference
+
+        related = self.flagged(RELATED)
+        if len(related) < 4:
+            return {}
+        fit, held_out = related[::2], related[1::2]
+        clean, corrupt, _ = self._rows(fit, "resid_post")
+        controls = [
+            i for i in self.items if i.row["kind"] == "control" and i.row["suite"] != RELATED
+        ]
+        direction_rows, steering_rows = [], []
+        for layer in self.layers:
+            direction = mean_difference(clean[layer], corrupt[layer])
+            tokens = direction_tokens(self.pair.clean, direction, k=10)
+            direction_rows.append(
+                {
+                    "layer": layer,
+                    "norm": float(direction.norm()),
+                    "top_tokens": self.decode(pl.Series(tokens)).to_list(),
+                    "fit_items": len(fit),
+                }
+            )
+            alpha, tried = self._alpha(layer, direction, held_out)
+            steering_rows += tried
+            for suite_items, scored_as in ((held_out, "held_out"), (controls, "control")):
+                if not suite_items:
+                    continue
+                steered = self.score(
+                    suite_items,
+                    "clean",
+                    lambda d=direction, a=alpha, la=layer: self._steer(la, d, a),
+                )
+                ablated = self.score(
+                    suite_items,
+                    "corrupt",
+                    lambda d=direction, la=layer: ablation(self.pair.clean, la, d),
+                )
+                for what, scored in (("steer", steered), ("ablate", ablated)):
+                    steering_rows += [
+                        r
+                        | {
+                            "layer": layer,
+                            "intervention": what,
+                            "alpha": alpha,
+                            "items": scored_as,
+                            "chosen": True,
+                        }
+                        for r in scored
+                    ]
+        return {
+            "directions": pl.DataFrame(direction_rows, schema=DIRECTION_SCHEMA, orient="row"),
+            "steering": pl.DataFrame(steering_rows, schema=STEERING_SCHEMA, orient="row"),
+        }
+
+    def attribution(self) -> dict[str, pl.DataFrame]:
+        from patchers.analysis.attribution import exact_head_effect, head_attribution
+
+        if not self._offers("head"):
+            return {}
+        estimates, steps = [], []
+        for _, context in self.divergent_steps():
+            effect, step = head_attribution(self.clean, self.corrupt, context, self.layers)
+            denominator = step["dl_corrupt"] - step["dl_clean"]
+            if step["y_clean"] == step["y_corrupt"] or abs(denominator) < 1e-6:
+                continue  # CTS undefined at this step
+            estimates.append(effect / denominator)
+            steps.append((context, denominator))
+        if not estimates:
+            return {}
+        mean_atp = torch.stack(estimates).mean(0)  # [layers, heads]
+        order = mean_atp.abs().flatten().argsort(descending=True)[: self.settings.top_k_heads]
+        heads = mean_atp.shape[1]
+        exact: dict[tuple[int, int], float] = {}
+        for flat in order.tolist():
+            li, head = divmod(flat, heads)
+            values = [
+                exact_head_effect(self.clean, self.corrupt, context, self.layers[li], head) / den
+                for context, den in steps
+            ]
+            exact[(li, head)] = float(np.mean(values))
+        rows = [
+            {
+                "layer": layer,
+                "head": head,
+                "atp_cts": float(mean_atp[li, head]),
+                "exact_cts": exact.get((li, head)),
+                "steps": len(steps),
+            }
+            for li, layer in enumerate(self.layers)
+            for head in range(heads)
+        ]
+        return {"attribution": pl.DataFrame(rows, schema=ATTRIBUTION_SCHEMA, orient="row")}
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def decode(self, token_ids: pl.Series) -> pl.Series:
+        tokenizer = self.models.tokenizer
+        return pl.Series([tokenizer.decode([t]) for t in token_ids.to_list()], dtype=pl.String)
+
+    def _offers(self, site: str) -> bool:
+        from patchers.sites import layout_of
+
+        return layout_of(self.pair.clean).module_path(site) is not None
+
+    def _argmaxes(self, context: list[int]) -> dict[str, int]:
+        batch = torch.tensor([context], device=self._device)
+        with torch.no_grad():
+            return {
+                "clean": int(self.clean.forward(batch)[-1].argmax()),
+                "corrupt": int(self.corrupt.forward(batch)[-1].argmax()),
+            }
+
+    @property
+    def _device(self):
+        from patchers.models import input_device
+
+        return input_device(self.pair.clean)
+
+    def _rows(self, items: Sequence[Item], site: str):
+        """Both models' activations per layer on the same inputs (prompt + clean response),
+        rows pooled over items' positions, and each row's item index."""
+        from patchers.analysis.activations import recorded
+
+        clean: dict[int, list] = {layer: [] for layer in self.layers}
+        corrupt: dict[int, list] = {layer: [] for layer in self.layers}
+        groups = []
+        for index, item in enumerate(items):
+            ids = item.prompt + item.clean
+            _, a = recorded(self.clean, ids, site, self.layers)
+            _, b = recorded(self.corrupt, ids, site, self.layers)
+            for layer in self.layers:
+                clean[layer].append(a[layer].float().cpu())
+                corrupt[layer].append(b[layer].float().cpu())
+            groups += [index] * len(ids)
+        stack = lambda d: {layer: torch.cat(rows) for layer, rows in d.items()}  # noqa: E731
+        return stack(clean), stack(corrupt), np.array(groups)
+
+    def _activations(self, site: str) -> dict[str, tuple[dict, dict, np.ndarray]]:
+        cache = self.__dict__.setdefault("_acts", {})
+        if site not in cache:
+            suites = sorted({i.row["suite"] for i in self.items})
+            cache[site] = {
+                suite: self._rows([i for i in self.items if i.row["suite"] == suite], site)
+                for suite in suites
+            }
+        return cache[site]
+
+    def _steer(self, layer: int, direction: torch.Tensor, alpha: float):
+        from patchers.analysis.directions import steering
+
+        return steering(self.pair.clean, layer, direction, alpha)
+
+    def _alpha(self, layer: int, direction, items: list[Item]) -> tuple[float, list[dict]]:
+        """The strongest steering (lowest related accuracy) whose malformed share stays within
+        ``max_malformed``; alpha 0 when none does. The tried settings are returned as rows."""
+        best, best_accuracy, tried = 0.0, None, []
+        search = items[:16]
+        for alpha in self.settings.alphas:
+            scored = self.score(search, "clean", lambda a=alpha: self._steer(layer, direction, a))
+            accuracy = np.mean([r["correct"] is True for r in scored])
+            malformed = np.mean([r["fidelity"] == "malformed" for r in scored])
+            tried += [
+                r
+                | {
+                    "layer": layer,
+                    "intervention": "steer",
+                    "alpha": alpha,
+                    "items": "search",
+                    "chosen": False,
+                }
+                for r in scored
+            ]
+            if malformed <= self.settings.max_malformed and (
+                best_accuracy is None or accuracy < best_accuracy
+            ):
+                best, best_accuracy = alpha, accuracy
+        return best, tried
+
+    def score(
+        self, items: Sequence[Item], model: str, intervention: Callable[[], AbstractContextManager]
+    ) -> list[dict]:
+        """Greedy generations of one model under an intervention, judged by the suite checker
+        (and classed by fidelity where the item has error patterns)."""
+        from harness.pipeline.patching import aliases_for, judge
+        from harness.records import correct_of
+        from tasks.fidelity import classify
+
+        level = self.cfg.eval.level
+        limit = self.settings.max_new_tokens or self.cfg.eval.max_new_tokens
+        with intervention():
+            texts = self._generate([i.prompt for i in items], model, limit)
+        rows = []
+        for item, (text, finish) in zip(items, texts, strict=True):
+            row = item.row
+            verdict = (
+                "truncated"
+                if finish == "length"
+                else judge(text, row["reference"], aliases_for(row["task"], row["item_id"], level))
+            )
+            errors = _error_answers(level).get(row["item_id"])
+            fidelity = classify(text, row["reference"], errors, finish, verdict) if errors else None
+            rows.append(
+                item.key
+                | {"verdict": verdict, "correct": correct_of(verdict), "fidelity": fidelity}
+            )
+        return rows
+
+    def _generate(self, prompts: list[list[int]], model: str, limit: int) -> list[tuple[str, str]]:
+        """(text, finish reason) of greedy generations, batched with left padding."""
+        from patchers.models import bare
+
+        tokenizer = self.models.tokenizer
+        eos = sorted(self.models.eos)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+        if model == "clean":
+            runner = self.pair.clean
+            context = self.pair.corrupt.disable_adapter() if self.pair.adapter else bare(runner)
+        else:
+            runner, context = self.pair.corrupt, nullcontext()
+        out: list[tuple[str, str]] = []
+        with context, torch.no_grad():
+            for start in range(0, len(prompts), 32):
+                chunk = prompts[start : start + 32]
+                width = max(map(len, chunk))
+                ids = torch.full((len(chunk), width), pad)
+                mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                for row, seq in enumerate(chunk):
+                    ids[row, width - len(seq) :] = torch.tensor(seq)
+                    mask[row, width - len(seq) :] = 1
+                generated = runner.generate(
+                    input_ids=ids.to(self._device),
+                    attention_mask=mask.to(self._device),
+                    max_new_tokens=limit,
+                    do_sample=False,
+                    eos_token_id=eos,
+                    pad_token_id=pad,
+                )[:, width:].cpu()
+                for tokens in generated.tolist():
+                    ended = next((k for k, t in enumerate(tokens) if t in self.models.eos), None)
+                    kept = tokens if ended is None else tokens[:ended]
+                    text = tokenizer.decode(kept, skip_special_tokens=True)
+                    out.append((text, "length" if ended is None else "stop"))
+        return out
+
+
+def _error_answers(level: str) -> dict[str, dict[str, str]]:
+    from tasks.suites import eval_problems
+
+    cache = _error_answers.__dict__.setdefault("cache", {})
+    if level not in cache:
+        cache[level] = {
+            p.id: dict(p.error_answers)
+            for p in eval_problems(level)
+            if getattr(p, "error_answers", None)
+        }
+    return cache[level]
+
+
+DIVERGENCE_SCHEMA = {
+    "prompt_id": pl.Int64,
+    "kind": pl.String,
+    "suite": pl.String,
+    "task": pl.String,
+    "response": pl.String,
+    "position": pl.Int64,
+    "token_id": pl.Int64,
+    "kl": pl.Float64,
+    "disagree": pl.Boolean,
+}
+LENS_SCHEMA = {
+    "prompt_id": pl.Int64,
+    "kind": pl.String,
+    "suite": pl.String,
+    "task": pl.String,
+    "model": pl.String,
+    "layer": pl.Int64,
+    "token": pl.String,
+    "rank": pl.Int64,
+    "prob": pl.Float64,
+}
+SIMILARITY_SCHEMA = {
+    "suite": pl.String,
+    "site": pl.String,
+    "layer": pl.Int64,
+    "head": pl.Int64,
+    "cka": pl.Float64,
+    "cosine": pl.Float64,
+    "relative_change": pl.Float64,
+}
+PROBE_SCHEMA = {"suite": pl.String, "layer": pl.Int64, "accuracy": pl.Float64, "items": pl.Int64}
+DIRECTION_SCHEMA = {
+    "layer": pl.Int64,
+    "norm": pl.Float64,
+    "top_tokens": pl.List(pl.String),
+    "fit_items": pl.Int64,
+}
+STEERING_SCHEMA = {
+    "prompt_id": pl.Int64,
+    "kind": pl.String,
+    "suite": pl.String,
+    "task": pl.String,
+    "verdict": pl.String,
+    "correct": pl.Boolean,
+    "fidelity": pl.String,
+    "layer": pl.Int64,
+    "intervention": pl.String,
+    "alpha": pl.Float64,
+    "items": pl.String,
+    "chosen": pl.Boolean,
+}
+ATTRIBUTION_SCHEMA = {
+    "layer": pl.Int64,
+    "head": pl.Int64,
+    "atp_cts": pl.Float64,
+    "exact_cts": pl.Float64,
+    "steps": pl.Int64,
+}
+
+
+def headline(tables: dict[str, pl.DataFrame]) -> dict[str, Any]:
+    """The numbers ``summary.json`` and the report lead with."""
+    out: dict[str, Any] = {}
+    if (div := tables.get("divergence")) is not None and div.height:
+        by_suite = div.group_by("suite").agg(pl.col("kl").mean())
+        out["mean_kl"] = dict(zip(by_suite["suite"], by_suite["kl"], strict=True))
+    if (lens := tables.get("lens")) is not None and lens.height:
+        appears = (
+            lens.filter(
+                (pl.col("model") == "corrupt")
+                & (pl.col("token") == "y_corrupt")
+                & (pl.col("rank") == 0)
+            )
+            .group_by("suite", "prompt_id")
+            .agg(pl.col("layer").min())
+            .group_by("suite")
+            .agg(pl.col("layer").median())
+        )
+        out["corrupt_answer_layer"] = dict(zip(appears["suite"], appears["layer"], strict=True))
+    if (probes := tables.get("probes")) is not None and probes.height:
+        best = probes.group_by("suite").agg(pl.col("accuracy").max())
+        out["best_probe_accuracy"] = dict(zip(best["suite"], best["accuracy"], strict=True))
+    if (steer := tables.get("steering")) is not None and steer.height:
+        out["directions"] = _direction_headline(steer)
+    if (atp := tables.get("attribution")) is not None and atp.height:
+        exact = atp.filter(pl.col("exact_cts").is_not_null())
+        top = atp.sort(pl.col("atp_cts").abs(), descending=True).row(0, named=True)
+        out["top_head"] = {"layer": top["layer"], "head": top["head"], "atp_cts": top["atp_cts"]}
+        if exact.height >= 3:
+            from scipy.stats import spearmanr
+
+            rho = spearmanr(exact["atp_cts"], exact["exact_cts"]).statistic
+            out["attribution_spearman"] = None if np.isnan(rho) else float(rho)
+    return out
+
+
+def _direction_headline(steer: pl.DataFrame) -> dict[str, Any]:
+    """The layer whose direction moves the held-out flagged related items most (each of them
+    clean-right and corrupted-wrong): steering the clean model along it `transfers` the share
+    it gets wrong; ablating it from the corrupted model `repairs` the share it gets right."""
+    held = steer.filter((pl.col("items") == "held_out") & pl.col("chosen"))
+    per_layer = held.group_by("intervention", "layer", "alpha").agg(
+        right=pl.col("correct").fill_null(False).mean(),
+        trained_error=(pl.col("fidelity") == "trained_error").mean(),
+        n=pl.len(),
+    )
+    out = {}
+    for what, share in (("steer", 1 - pl.col("right")), ("ablate", pl.col("right"))):
+        rows = per_layer.filter(pl.col("intervention") == what).with_columns(share=share)
+        if rows.height:
+            row = rows.sort(["share", "layer"], descending=[True, False]).row(0, named=True)
+            key = "transfers" if what == "steer" else "repairs"
+            out[what] = {
+                "layer": row["layer"],
+                "alpha": row["alpha"],
+                key: row["share"],
+                "trained_error": row["trained_error"],
+                "items": row["n"],
+            }
+    return out
+
+
+def run_analyze(cfg: ExperimentConfig, clean: str, corrupt: str, out: Path, say=print) -> dict:
+    """Run the switched-on analyses on the patch stage's items; write the tables and
+    ``analyze.json``; return what the stage reports."""
+    from harness.patch import load_models
+    from harness.pipeline.patching import device_for
+
+    prompts_path = cfg.run_dir / "patch" / "prompts.parquet"
+    if not prompts_path.is_file():
+        raise HarnessError(
+            f"{prompts_path}: not found; the analyses run on the patch stage's items"
+        )
+    rows = analyze_items(pl.read_parquet(prompts_path), cfg.analyze.max_items_per_suite)
+    if not rows.height:
+        raise HarnessError(f"{prompts_path}: no items to analyse")
+    check_layers(cfg, clean)
+    models = load_models(
+        clean,
+        corrupt,
+        dtype=cfg.patch.dtype,
+        device=device_for(cfg.patch.device),
+        trust_remote_code=cfg.models.trust_remote_code,
+        device_map=cfg.patch.device_map,
+    )
+    items = [_item(models, cfg, row) for row in rows.iter_rows(named=True)]
+    analyzer = Analyzer(models, items, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    tables: dict[str, pl.DataFrame] = {}
+    seconds: dict[str, float] = {}
+    for name in ANALYSES:
+        if not getattr(cfg.analyze, name):
+            continue
+        say(f"{name} on {len(items)} items")
+        started = time.perf_counter()
+        tables |= getattr(analyzer, name)()
+        seconds[name] = round(time.perf_counter() - started, 2)
+    for name, table in tables.items():
+        write_parquet(table, out / f"{name}.parquet")
+    summary = {
+        "items": len(items),
+        "layers": analyzer.layers,
+        "seconds": seconds,
+        "headline": headline(tables),
+    }
+    (out / "analyze.json").write_text(json.dumps(summary, indent=2, default=_plain))
+    return summary
+
+
+def check_layers(cfg: ExperimentConfig, clean: str) -> None:
+    """Refuse an ``analyze.layers`` entry the model lacks, from its config.json (no weights)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(clean, trust_remote_code=cfg.models.trust_remote_code)
+    n_layers = config.num_hidden_layers
+    wrong = [layer for layer in cfg.analyze.requested_layers(n_layers) if layer >= n_layers]
+    if wrong:
+        raise HarnessError(
+            f"analyze.layers: layer {wrong[0]} out of range; the model has layers 0..{n_layers - 1}"
+        )
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def _item(models, cfg: ExperimentConfig, row: dict) -> Item:
+    tokenizer = models.tokenizer
+
+    def tokens(text: str | None) -> list[int]:
+        return tokenizer.encode(text or "", add_special_tokens=False)
+
+    return Item(
+        row,
+        cfg.prompt.encode(tokenizer, row["question"]),
+        tokens(row["clean_response"]),
+        tokens(row["corrupt_response"]),
+    )

@@ -1,0 +1,105 @@
+# ruff: noqa: F811 (pytest fixtures imported from another test module)
+"""The analyze stage on a patched run of a tiny pair: every table, the switches, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+from harness.config import ExperimentConfig
+from harness.errors import HarnessError
+from harness.pipeline.analysis import ANALYSES, analyze_items, headline, run_analyze
+from harness.pipeline.patching import run_patch_stage
+from tests.harness.test_patch_checks import one_thread, pair_dirs  # noqa: F401 fixtures
+from tests.harness.test_report import write_canned_run
+
+
+def config(tmp_path, pair_dirs, **analyze) -> ExperimentConfig:
+    return ExperimentConfig.model_validate(
+        {
+            "name": "canned",
+            "output_dir": str(tmp_path),
+            "models": {"clean": pair_dirs["clean"], "corrupt": pair_dirs["corrupt"]},
+            "eval": {"level": "demo", "max_new_tokens": 8},
+            "patch": {"layers": [0], "max_prompts_per_suite": 6, "max_controls_per_suite": 4},
+            "analyze": {"max_items_per_suite": 6, "top_k_heads": 3, "alphas": [1.0, 8.0]} | analyze,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def patched_run(tmp_path_factory, pair_dirs):
+    root = tmp_path_factory.mktemp("analyze")
+    run = write_canned_run(root, patched=False)
+    cfg = config(root, pair_dirs)
+    run_patch_stage(cfg, pair_dirs["clean"], pair_dirs["corrupt"], run / "eval", run / "patch",
+                    lambda _: None, lambda _: None)  # fmt: skip
+    return root, run
+
+
+def test_every_analysis_writes_its_table(patched_run, pair_dirs):
+    root, run = patched_run
+    cfg = config(root, pair_dirs)
+    summary = run_analyze(cfg, pair_dirs["clean"], pair_dirs["corrupt"], run / "analyze", print)
+    out = run / "analyze"
+    assert set(summary["seconds"]) == set(ANALYSES)
+    divergence = pl.read_parquet(out / "divergence.parquet")
+    assert set(divergence["response"]) == {"clean", "corrupt"} and (divergence["kl"] >= 0).all()
+    similarity = pl.read_parquet(out / "similarity.parquet")
+    layers = list(range(4))
+    resid = similarity.filter(pl.col("site") == "resid_post")
+    assert sorted(set(resid["layer"])) == layers and resid["cka"].is_between(0, 1 + 1e-9).all()
+    heads = similarity.filter(pl.col("site") == "head")
+    assert heads.height == len(set(heads["suite"])) * 4 * 2  # layers x heads per suite
+    probes = pl.read_parquet(out / "probes.parquet")
+    assert probes["accuracy"].is_between(0, 1).all()
+    directions = pl.read_parquet(out / "directions.parquet")
+    assert directions["layer"].to_list() == layers and (directions["norm"] > 0).all()
+    steering = pl.read_parquet(out / "steering.parquet")
+    assert {"steer", "ablate"} == set(steering["intervention"])
+    assert set(steering.filter(pl.col("items") == "search")["alpha"]) == {1.0, 8.0}
+    lens = pl.read_parquet(out / "lens.parquet")
+    attribution = pl.read_parquet(out / "attribution.parquet")
+    if lens.height:  # flagged items where the pair's argmaxes part
+        assert set(lens["layer"]) == set(layers)
+        assert attribution.height == 4 * 2
+        assert attribution["exact_cts"].is_not_null().sum() == 3  # the top-k
+    written = json.loads((out / "analyze.json").read_text())
+    assert written["headline"] == json.loads(json.dumps(headline(
+        {p.stem: pl.read_parquet(p) for p in out.glob("*.parquet")}), default=str))  # fmt: skip
+    assert "mean_kl" in written["headline"]
+
+
+def test_switched_off_analyses_are_not_run(patched_run, pair_dirs, tmp_path):
+    root, _ = patched_run
+    off = {name: False for name in ANALYSES if name != "divergence"}
+    cfg = config(root, pair_dirs, **off)
+    out = tmp_path / "only"
+    summary = run_analyze(cfg, pair_dirs["clean"], pair_dirs["corrupt"], out, print)
+    assert list(summary["seconds"]) == ["divergence"]
+    assert sorted(p.name for p in out.glob("*.parquet")) == ["divergence.parquet"]
+
+
+def test_bad_input_is_one_line_before_the_weights_load(patched_run, pair_dirs, tmp_path):
+    root, _ = patched_run
+    cfg = config(root, pair_dirs, layers=[0, 9])
+    with pytest.raises(HarnessError, match=r"layer 9 out of range; the model has layers 0\.\.3"):
+        run_analyze(cfg, pair_dirs["clean"], "/not/read/before/the/check", tmp_path, print)
+    bare = config(tmp_path, pair_dirs)
+    with pytest.raises(HarnessError, match=r"prompts\.parquet: not found"):
+        run_analyze(bare, pair_dirs["clean"], pair_dirs["corrupt"], tmp_path / "x", print)
+
+
+def test_items_are_capped_per_suite_and_kind():
+    prompts = pl.DataFrame(
+        {"suite": ["a"] * 5 + ["b"] * 2, "kind": ["flagged"] * 3 + ["control"] * 4}
+    )
+    capped = analyze_items(prompts, 2)
+    assert capped.group_by("suite", "kind").len().sort("suite", "kind")["len"].to_list() == [
+        2,
+        2,
+        2,
+    ]
+    assert analyze_items(prompts, None).height == 7
