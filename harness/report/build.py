@@ -9,6 +9,7 @@ from typing import Any
 import polars as pl
 
 from harness.report import figures, interactive, page
+from harness.report.diffing import analyze_tables, diffing_section
 from harness.report.page import esc, fmt
 from harness.report.stats import CTS_HALF, INCORRECT_BELOW, patched_summary, top_tokens
 from harness.report.tables import RunTables, accuracy_of, load_tables, summary_json
@@ -47,9 +48,13 @@ def build_report(run_dir: Path, seconds: float | None = None) -> ReportOutputs:
     sections += behaviour(tables, out / FIGURES, pngs)
     sections += fidelity_section(tables)
     sections += mechanism(tables, out / FIGURES, pngs)
+    sections += diffing_section(out, out / FIGURES, pngs)
     sections += training(tables, out / FIGURES, pngs)
     sections.append(files_section(tables, pngs))
     summary = summary_json(tables, seconds)
+    analyzed = analyze_tables(out)[1]
+    if analyzed:
+        summary["analyze"] = analyzed.get("headline", {}) | {"seconds": analyzed.get("seconds")}
     atomic_write_text(out / REPORT, page.document(f"CMAP report: {tables.name}", sections))
     write_json(out / SUMMARY, summary)
     return ReportOutputs(out / REPORT, out / SUMMARY, summary, pngs)

@@ -19,7 +19,7 @@ from harness.report.stats import cts_by_kind, cts_summary, patched_summary, tabl
 
 SUITE_ORDER = ("related", "unrelated_math", "general")
 SUITE_TITLES = {"related": "Related math", "unrelated_math": "Unrelated math", "general": "General"}
-STAGE_ORDER = ("finetune", "eval", "progression", "patch")  # the report is being written
+STAGE_ORDER = ("finetune", "eval", "progression", "patch", "analyze")  # the report is being written
 
 
 @dataclass

@@ -103,3 +103,16 @@ def test_items_are_capped_per_suite_and_kind():
         2,
     ]
     assert analyze_items(prompts, None).height == 7
+
+
+def test_the_report_has_a_diffing_section_and_the_summary_its_headline(patched_run, pair_dirs):
+    from harness.report import build_report
+
+    root, run = patched_run
+    run_analyze(config(root, pair_dirs), pair_dirs["clean"], pair_dirs["corrupt"],
+                run / "analyze", print)  # fmt: skip
+    built = build_report(run)
+    page = built.html.read_text()
+    assert "<h2>Model diffing</h2>" in page and "Similarity per layer" in page
+    assert "mean_kl" in built.summary["analyze"]
+    assert set(built.summary["analyze"]["seconds"]) == set(ANALYSES)
