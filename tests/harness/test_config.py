@@ -72,8 +72,8 @@ def test_a_top_level_typo_is_matched_against_every_section(tmp_path):
     assert "clean_model: unknown key (did you mean models.clean?)" in message
     assert "system_prompt: unknown key (did you mean prompt.system_prompt?)" in message
     assert (
-        "max_new_tokens: unknown key (did you mean eval.max_new_tokens or "
-        "patch.max_new_tokens?)" in message
+        "max_new_tokens: unknown key (did you mean analyze.max_new_tokens or "
+        "eval.max_new_tokens or patch.max_new_tokens?)" in message
     )
 
 
