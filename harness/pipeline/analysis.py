@@ -44,6 +44,9 @@ from harness.evaluate import write_parquet
 
 ANALYSES = ("divergence", "lens", "similarity", "probes", "directions", "attribution")
 RELATED = "related"
+# items per control suite scored under steering and ablation, and held-out items the alpha
+# search generates: generation is the analyses' dearest part
+SCORED_CONTROLS = 16
 
 
 @dataclass
@@ -230,7 +233,11 @@ class Analyzer:
         fit, held_out = related[::2], related[1::2]
         clean, corrupt, _ = self._rows(fit, "resid_post")
         controls = [
-            i for i in self.items if i.row["kind"] == "control" and i.row["suite"] != RELATED
+            item
+            for suite in sorted({i.row["suite"] for i in self.items} - {RELATED})
+            for item in [
+                i for i in self.items if i.row["kind"] == "control" and i.row["suite"] == suite
+            ][:SCORED_CONTROLS]
         ]
         direction_rows, steering_rows = [], []
         for layer in self.layers:
@@ -378,7 +385,7 @@ class Analyzer:
         """The strongest steering (lowest related accuracy) whose malformed share stays within
         ``max_malformed``; alpha 0 when none does. The tried settings are returned as rows."""
         best, best_accuracy, tried = 0.0, None, []
-        search = items[:16]
+        search = items[:SCORED_CONTROLS]
         for alpha in self.settings.alphas:
             scored = self.score(search, "clean", lambda a=alpha: self._steer(layer, direction, a))
             accuracy = np.mean([r["correct"] is True for r in scored])
