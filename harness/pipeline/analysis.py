@@ -264,7 +264,7 @@ class Analyzer:
                 ablated = self.score(
                     suite_items,
                     "corrupt",
-                    lambda d=direction, la=layer: ablation(self.pair.clean, la, d),
+                    lambda d=direction, la=layer: ablation(self.pair.corrupt, la, d),
                 )
                 for what, scored in (("steer", steered), ("ablate", ablated)):
                     steering_rows += [
@@ -377,6 +377,7 @@ class Analyzer:
         return cache[site]
 
     def _steer(self, layer: int, direction: torch.Tensor, alpha: float):
+        """Steering of the clean model (a LoRA pair's base, the adapter off while it runs)."""
         from patchers.analysis.directions import steering
 
         return steering(self.pair.clean, layer, direction, alpha)

@@ -116,3 +116,36 @@ def test_the_report_has_a_diffing_section_and_the_summary_its_headline(patched_r
     assert "<h2>Model diffing</h2>" in page and "Similarity per layer" in page
     assert "mean_kl" in built.summary["analyze"]
     assert set(built.summary["analyze"]["seconds"]) == set(ANALYSES)
+
+
+def test_steering_hooks_the_clean_model_and_ablation_the_corrupted_one(
+    patched_run, pair_dirs, tmp_path, monkeypatch
+):
+    import contextlib
+
+    import patchers.analysis.directions as directions
+
+    hooked = []
+
+    def recorder(name):
+        @contextlib.contextmanager
+        def fake(model, layer, direction, *args):
+            hooked.append((name, model))
+            yield
+
+        return fake
+
+    monkeypatch.setattr(directions, "steering", recorder("steer"))
+    monkeypatch.setattr(directions, "ablation", recorder("ablate"))
+    root, _ = patched_run
+    off = {name: False for name in ANALYSES if name != "directions"}
+    cfg = config(root, pair_dirs, layers=[1], **off)
+    from harness.patch import load_models
+    from harness.pipeline.analysis import Analyzer, _item
+
+    models = load_models(pair_dirs["clean"], pair_dirs["corrupt"])
+    items = pl.read_parquet(root / "canned" / "patch" / "prompts.parquet")
+    analyzer = Analyzer(models, [_item(models, cfg, r) for r in items.iter_rows(named=True)], cfg)
+    assert analyzer.directions()
+    kinds = {name: {id(model) for n, model in hooked if n == name} for name in ("steer", "ablate")}
+    assert kinds == {"steer": {id(models.pair.clean)}, "ablate": {id(models.pair.corrupt)}}
