@@ -15,6 +15,7 @@ COMMANDS = [
     "eval",
     "compare",
     "patch",
+    "analyze",
     "report",
     "zoo",
     "zoo build",
@@ -35,7 +36,17 @@ def harness(*args: str) -> subprocess.CompletedProcess[str]:
 def test_top_level_help_lists_every_command():
     result = harness("--help")
     assert result.returncode == 0
-    for command in ("demo", "run", "finetune", "serve", "eval", "patch", "report", "zoo"):
+    for command in (
+        "demo",
+        "run",
+        "finetune",
+        "serve",
+        "eval",
+        "patch",
+        "analyze",
+        "report",
+        "zoo",
+    ):
         assert command in result.stdout
 
 
@@ -113,3 +124,10 @@ def test_library_progress_bars_are_off_when_stderr_is_a_log(tmp_path):
             check=True,
         )
     assert out.stdout.strip() == "True"
+
+
+def test_analyze_outside_a_run_directory_is_one_line(tmp_path):
+    result = harness("analyze", str(tmp_path))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"error: {tmp_path}: no config.yaml (not a run directory made by harness run)"]
