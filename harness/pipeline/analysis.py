@@ -15,10 +15,10 @@ patch stage loads them (a LoRA pair shares its base). Writes tidy tables under
   the residuals (``resid_post``), and the relative change per head (``head``);
 - ``probes.parquet``: per suite and layer, a held-out probe's accuracy;
 - ``directions.parquet``, ``steering.parquet``: per layer, the direction fitted on half of the
-  flagged related items (its norm and logit-lens tokens), and the accuracy and fidelity classes
-  of the clean model steered along it (``alpha`` chosen on the related items, with malformed
-  answers bounded) and of the corrupted model with it ablated, on the other half and the
-  control suites;
+  flagged related items at their first divergent step (its norm and logit-lens tokens), and
+  the accuracy and fidelity classes of the clean model steered along it (``alpha`` chosen on
+  those items: the most trained-error answers, malformed answers bounded) and of the corrupted
+  model with it ablated, on the other half and the control suites;
 - ``attribution.parquet``: per layer and head, attribution patching's estimated CTS at the
   flagged items' first divergent steps, and exact patching's on the top-k heads;
 - ``analyze.json``: the headline numbers and each analysis's seconds.
@@ -44,9 +44,10 @@ from harness.evaluate import write_parquet
 
 ANALYSES = ("divergence", "lens", "similarity", "probes", "directions", "attribution")
 RELATED = "related"
-# items per control suite scored under steering and ablation, and held-out items the alpha
-# search generates: generation is the analyses' dearest part
+# generation is the analyses' dearest part: items per control suite scored under steering and
+# ablation, and items each steering strength is tried on
 SCORED_CONTROLS = 16
+SEARCHED_ITEMS = 8
 
 
 @dataclass
@@ -223,15 +224,24 @@ class Analyzer:
         return {"probes": pl.DataFrame(rows, schema=PROBE_SCHEMA, orient="row")}
 
     def directions(self) -> dict[str, pl.DataFrame]:
-        """Directions on half of the flagged related items; steering and ablation scored on
-        the other half and on each control suite's items."""
+        """Directions from half of the flagged related items, at the step where the models
+        part (the last position of its context: a mean over every token would dilute what
+        the fine-tune changed into what it left alone); `alpha` searched on those items;
+        steering and ablation scored on the other half and on each control suite's items."""
+        from patchers.analysis.activations import recorded
         from patchers.analysis.directions import ablation, direction_tokens, mean_difference
 
-        related = self.flagged(RELATED)
+        related = [(i, c) for i, c in self.divergent_steps() if i.row["suite"] == RELATED]
         if len(related) < 4:
             return {}
-        fit, held_out = related[::2], related[1::2]
-        clean, corrupt, _ = self._rows(fit, "resid_post")
+        fit, held_out = related[::2], [item for item, _ in related[1::2]]
+
+        def last(side, context):
+            return recorded(side, context, "resid_post", self.layers)[1]
+
+        at_fit = [(last(self.clean, c), last(self.corrupt, c)) for _, c in fit]
+        clean = {la: torch.stack([a[la][-1] for a, _ in at_fit]) for la in self.layers}
+        corrupt = {la: torch.stack([b[la][-1] for _, b in at_fit]) for la in self.layers}
         controls = [
             item
             for suite in sorted({i.row["suite"] for i in self.items} - {RELATED})
@@ -251,7 +261,7 @@ class Analyzer:
                     "fit_items": len(fit),
                 }
             )
-            alpha, tried = self._alpha(layer, direction, held_out)
+            alpha, tried = self._alpha(layer, direction, [item for item, _ in fit])
             steering_rows += tried
             for suite_items, scored_as in ((held_out, "held_out"), (controls, "control")):
                 if not suite_items:
@@ -383,14 +393,17 @@ class Analyzer:
         return steering(self.pair.clean, layer, direction, alpha)
 
     def _alpha(self, layer: int, direction, items: list[Item]) -> tuple[float, list[dict]]:
-        """The strongest steering (lowest related accuracy) whose malformed share stays within
-        ``max_malformed``; alpha 0 when none does. The tried settings are returned as rows."""
-        best, best_accuracy, tried = 0.0, None, []
-        search = items[:SCORED_CONTROLS]
+        """The strongest steering whose malformed share stays within ``max_malformed``:
+        the most answers with the trained error (the corruption's signature, not mere damage),
+        then the lowest accuracy; the smallest alpha on a tie, alpha 0 when none qualifies. The
+        tried settings are returned as rows."""
+        best, best_key, tried = 0.0, None, []
+        search = items[:SEARCHED_ITEMS]
         for alpha in self.settings.alphas:
             scored = self.score(search, "clean", lambda a=alpha: self._steer(layer, direction, a))
             accuracy = np.mean([r["correct"] is True for r in scored])
             malformed = np.mean([r["fidelity"] == "malformed" for r in scored])
+            trained = np.mean([r["fidelity"] == "trained_error" for r in scored])
             tried += [
                 r
                 | {
@@ -402,10 +415,9 @@ class Analyzer:
                 }
                 for r in scored
             ]
-            if malformed <= self.settings.max_malformed and (
-                best_accuracy is None or accuracy < best_accuracy
-            ):
-                best, best_accuracy = alpha, accuracy
+            key = (trained, -accuracy)
+            if malformed <= self.settings.max_malformed and (best_key is None or key > best_key):
+                best, best_key = alpha, key
         return best, tried
 
     def score(
@@ -588,7 +600,8 @@ def headline(tables: dict[str, pl.DataFrame]) -> dict[str, Any]:
 def _direction_headline(steer: pl.DataFrame) -> dict[str, Any]:
     """The layer whose direction moves the held-out flagged related items most (each of them
     clean-right and corrupted-wrong): steering the clean model along it `transfers` the share
-    it gets wrong; ablating it from the corrupted model `repairs` the share it gets right."""
+    it answers with the trained error (its accuracy beside it: damage is not transfer);
+    ablating it from the corrupted model `repairs` the share it gets right."""
     held = steer.filter((pl.col("items") == "held_out") & pl.col("chosen"))
     per_layer = held.group_by("intervention", "layer", "alpha").agg(
         right=pl.col("correct").fill_null(False).mean(),
@@ -596,7 +609,7 @@ def _direction_headline(steer: pl.DataFrame) -> dict[str, Any]:
         n=pl.len(),
     )
     out = {}
-    for what, share in (("steer", 1 - pl.col("right")), ("ablate", pl.col("right"))):
+    for what, share in (("steer", pl.col("trained_error")), ("ablate", pl.col("right"))):
         rows = per_layer.filter(pl.col("intervention") == what).with_columns(share=share)
         if rows.height:
             row = rows.sort(["share", "layer"], descending=[True, False]).row(0, named=True)
@@ -605,6 +618,7 @@ def _direction_headline(steer: pl.DataFrame) -> dict[str, Any]:
                 "layer": row["layer"],
                 "alpha": row["alpha"],
                 key: row["share"],
+                "accuracy": row["right"],
                 "trained_error": row["trained_error"],
                 "items": row["n"],
             }

@@ -60,15 +60,25 @@ EVAL_CODE = (
     "tasks/evals/*.yaml",
     "tasks/evals/*.jsonl",
 )
+# The patcher's own modules (not patchers.analysis: an analysis change must not redo patching).
+PATCHER_MODULES = ("cmap", "errors", "hooks", "metrics", "models", "names", "reference", "sites",
+                   "teacher")  # fmt: skip
+PATCHER_CODE = tuple(f"patchers.{name}" for name in PATCHER_MODULES)
 # the patch stage also computes Table 2 and the CTS summary (harness.report.stats)
 PATCH_CODE = (
     "harness.pipeline.patching",
     "harness.patch",
     "harness.report.stats",
-    "patchers",
+    *PATCHER_CODE,
     "tasks.scoring",
 )
-ANALYZE_CODE = ("harness.pipeline.analysis", "patchers", "tasks.scoring", "tasks.fidelity")
+ANALYZE_CODE = (
+    "harness.pipeline.analysis",
+    "patchers.analysis",
+    *PATCHER_CODE,
+    "tasks.scoring",
+    "tasks.fidelity",
+)
 REPORT_CODE = ("harness.report",)
 
 

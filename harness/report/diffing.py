@@ -62,10 +62,12 @@ def _headline(head: dict[str, Any]) -> list[str]:
                 if what == "steer"
                 else "projected out of"
             )
+            effect = "answers with the trained error" if what == "steer" else "answers right"
             lines.append(
                 f"One direction at layer {entry['layer']}, {action} {model}, {verb} "
-                f"{fmt(entry[key], 2)} of the corruption on {entry['items']} held-out flagged "
-                "related items."
+                f"{fmt(entry[key], 2)} of the corruption ({effect}; accuracy "
+                f"{fmt(entry.get('accuracy'), 2)}) on {entry['items']} held-out flagged related "
+                "items."
             )
     if (top := head.get("top_head")) is not None:
         rho = head.get("attribution_spearman")
@@ -163,9 +165,10 @@ def _directions(steer: pl.DataFrame, tables: dict) -> list[str]:
     parts = [
         "<h3>Difference directions: steering and ablation</h3>",
         "<p class='note'>Per layer, the mean of h_corrupt - h_clean over half of the flagged "
-        "related items; the clean model steered along it (alpha: the strongest tried whose "
-        "malformed share stays bounded) and the corrupted model with it projected out, scored "
-        "by the suites' checker on the other half (held_out) and the control items.</p>",
+        "related items, at the step where the two models part; the clean model steered along "
+        "it (alpha: the one giving the most trained-error answers on those items with the "
+        "malformed share bounded) and the corrupted model with it projected out, scored by the "
+        "suites' checker on the other half (held_out) and the control items.</p>",
         table(per),
     ]
     if "directions" in tables:

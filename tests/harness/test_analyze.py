@@ -149,3 +149,14 @@ def test_steering_hooks_the_clean_model_and_ablation_the_corrupted_one(
     assert analyzer.directions()
     kinds = {name: {id(model) for n, model in hooked if n == name} for name in ("steer", "ablate")}
     assert kinds == {"steer": {id(models.pair.clean)}, "ablate": {id(models.pair.corrupt)}}
+
+
+def test_patcher_modules_are_all_in_the_patch_stages_code_and_the_analyses_are_not():
+    import pkgutil
+
+    import patchers
+    from harness.pipeline.stages import ANALYZE_CODE, PATCH_CODE
+
+    modules = {f"patchers.{m.name}" for m in pkgutil.iter_modules(patchers.__path__)}
+    assert modules - {"patchers.analysis"} <= set(PATCH_CODE)
+    assert "patchers.analysis" not in PATCH_CODE and "patchers.analysis" in ANALYZE_CODE
