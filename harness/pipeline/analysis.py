@@ -637,9 +637,13 @@ def run_analyze(cfg: ExperimentConfig, clean: str, corrupt: str, out: Path, say=
             f"{prompts_path}: not found; the analyses run on the patch stage's items"
         )
     rows = analyze_items(pl.read_parquet(prompts_path), cfg.analyze.max_items_per_suite)
-    if not rows.height:
-        raise HarnessError(f"{prompts_path}: no items to analyse")
     check_layers(cfg, clean)
+    out.mkdir(parents=True, exist_ok=True)
+    if not rows.height:  # nothing flagged, so no controls either: a result, not an error
+        say("no patched items to analyse")
+        summary = {"items": 0, "layers": [], "seconds": {}, "headline": {}}
+        (out / "analyze.json").write_text(json.dumps(summary, indent=2))
+        return summary
     models = load_models(
         clean,
         corrupt,
@@ -650,7 +654,6 @@ def run_analyze(cfg: ExperimentConfig, clean: str, corrupt: str, out: Path, say=
     )
     items = [_item(models, cfg, row) for row in rows.iter_rows(named=True)]
     analyzer = Analyzer(models, items, cfg)
-    out.mkdir(parents=True, exist_ok=True)
     tables: dict[str, pl.DataFrame] = {}
     seconds: dict[str, float] = {}
     for name in ANALYSES:

@@ -28,6 +28,9 @@ def diffing_section(run_dir: Path, fig_dir: Path, pngs: list[Path]) -> list[str]
     tables, meta = analyze_tables(run_dir)
     if not meta:
         return []
+    if not meta.get("items"):
+        return ["<h2>Model diffing</h2><p class='note'>No patched items, so nothing to analyse."
+                "</p>"]  # fmt: skip
     seconds = meta.get("seconds", {})
     timing = ", ".join(f"{name} {value:.1f} s" for name, value in seconds.items())
     parts = [

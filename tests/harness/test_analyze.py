@@ -160,3 +160,16 @@ def test_patcher_modules_are_all_in_the_patch_stages_code_and_the_analyses_are_n
     modules = {f"patchers.{m.name}" for m in pkgutil.iter_modules(patchers.__path__)}
     assert modules - {"patchers.analysis"} <= set(PATCH_CODE)
     assert "patchers.analysis" not in PATCH_CODE and "patchers.analysis" in ANALYZE_CODE
+
+
+def test_a_run_with_nothing_patched_is_analysed_as_nothing(pair_dirs, tmp_path):
+    from harness.pipeline.patching import ITEM_SCHEMA
+    from harness.report.diffing import diffing_section
+
+    cfg = config(tmp_path, pair_dirs)
+    (cfg.run_dir / "patch").mkdir(parents=True)
+    pl.DataFrame(schema=ITEM_SCHEMA).write_parquet(cfg.run_dir / "patch" / "prompts.parquet")
+    out = cfg.run_dir / "analyze"
+    summary = run_analyze(cfg, pair_dirs["clean"], pair_dirs["corrupt"], out, print)
+    assert summary["items"] == 0 and not list(out.glob("*.parquet"))
+    assert "nothing to analyse" in diffing_section(cfg.run_dir, tmp_path / "fig", [])[0]

@@ -118,14 +118,14 @@ def test_run_killed_during_eval_resumes_without_redoing_work(tmp_path, chat_toke
     assert "finetune: complete, skipped" in log
     assert "eval: resuming an interrupted attempt" in log
     assert tuned.stat().st_mtime_ns == tuned_mtime  # the fine-tuned model was not redone
-    for stage in ("finetune", "eval", "progression", "patch", "report"):
+    for stage in ("finetune", "eval", "progression", "patch", "analyze", "report"):
         assert marker(run, stage)["status"] == "success", stage
     summary = pl.read_parquet(run / "eval" / "summary.parquet")  # rewritten, readable
     assert set(summary["model"].to_list()) == {"clean", "corrupt"}
     assert "report:" in done.stdout and (run / "report.html").is_file()
 
     headline = json.loads((run / "summary.json").read_text())
-    assert set(headline) >= {"accuracy", "flagged", "patched", "seconds"}
+    assert set(headline) >= {"accuracy", "flagged", "patched", "seconds", "analyze"}
     assert set(headline["accuracy"]["clean"]) == {"related", "unrelated_math", "general"}
     assert (
         headline["flagged"]
@@ -145,6 +145,6 @@ def test_run_killed_during_eval_resumes_without_redoing_work(tmp_path, chat_toke
     )
     assert again.returncode == 0, again.stderr[-3000:]
     tail = (run / "log.txt").read_text()[len(log) :]
-    for stage in ("finetune", "eval", "progression", "patch", "report"):
+    for stage in ("finetune", "eval", "progression", "patch", "analyze", "report"):
         assert f"{stage}: complete, skipped" in tail, stage
     print(f"resumed run: {resumed_seconds:.0f} s")
