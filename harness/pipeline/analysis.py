@@ -148,12 +148,20 @@ class Analyzer:
 
     def lens(self) -> dict[str, pl.DataFrame]:
         from patchers.analysis.activations import logit_lens
+        from patchers.reference import full_model_side
 
         rows = []
         for item, context in self.divergent_steps():
             y = self._argmaxes(context)
-            for model, side in (("clean", self.clean), ("corrupt", self.corrupt)):
-                ranks, probs = logit_lens(side, context, [y["clean"], y["corrupt"]], self.layers)
+            for model in ("clean", "corrupt"):
+                # the whole lens (forward, final norm, head) as that model: a LoRA pair's
+                # adapter off for the clean one (peft's switch does not nest, so the side
+                # inside it is the plain one)
+                with self._as(model):
+                    side = full_model_side(self.pair.clean if model == "clean" and not
+                                           self.pair.adapter else self.pair.corrupt)  # fmt: skip
+                    ranks, probs = logit_lens(side, context, [y["clean"], y["corrupt"]],
+                                              self.layers)  # fmt: skip
                 for li, layer in enumerate(self.layers):
                     for ti, token in enumerate(("y_clean", "y_corrupt")):
                         rows.append(
@@ -261,8 +269,18 @@ class Analyzer:
                     "fit_items": len(fit),
                 }
             )
-            alpha, tried = self._alpha(layer, direction, [item for item, _ in fit])
-            steering_rows += tried
+            fit_items = [item for item, _ in fit]
+            alpha, tried = self._alpha(layer, direction, fit_items)
+            steering_rows += [r | {"chosen": r["alpha"] == alpha} for r in tried]
+            # ablation on the fitting items too, so the headline picks its layer off them
+            steering_rows += [
+                r | {"layer": layer, "intervention": "ablate", "alpha": alpha, "items": "search",
+                     "chosen": True}
+                for r in self.score(
+                    fit_items[:SEARCHED_ITEMS], "corrupt",
+                    lambda d=direction, la=layer: ablation(self.pair.corrupt, la, d),
+                )
+            ]  # fmt: skip
             for suite_items, scored_as in ((held_out, "held_out"), (controls, "control")):
                 if not suite_items:
                     continue
@@ -357,22 +375,32 @@ class Analyzer:
 
         return input_device(self.pair.clean)
 
+    @property
+    def shared_prefix(self) -> int:
+        """Positions every item's prompt shares (the chat template's opening): their
+        activations are the same inputs for every item, so similarity and probes leave them
+        out (a probe would meet them on both sides of its held-out split)."""
+        prompts = [i.prompt for i in self.items]
+        shortest = min(map(len, prompts))
+        return next((k for k in range(shortest) if len({p[k] for p in prompts}) > 1), shortest - 1)
+
     def _rows(self, items: Sequence[Item], site: str):
         """Both models' activations per layer on the same inputs (prompt + clean response),
-        rows pooled over items' positions, and each row's item index."""
+        rows pooled over items' positions after the shared prefix, and each row's item index."""
         from patchers.analysis.activations import recorded
 
         clean: dict[int, list] = {layer: [] for layer in self.layers}
         corrupt: dict[int, list] = {layer: [] for layer in self.layers}
         groups = []
+        skip = self.shared_prefix
         for index, item in enumerate(items):
             ids = item.prompt + item.clean
             _, a = recorded(self.clean, ids, site, self.layers)
             _, b = recorded(self.corrupt, ids, site, self.layers)
             for layer in self.layers:
-                clean[layer].append(a[layer].float().cpu())
-                corrupt[layer].append(b[layer].float().cpu())
-            groups += [index] * len(ids)
+                clean[layer].append(a[layer][skip:].float().cpu())
+                corrupt[layer].append(b[layer][skip:].float().cpu())
+            groups += [index] * (len(ids) - skip)
         stack = lambda d: {layer: torch.cat(rows) for layer, rows in d.items()}  # noqa: E731
         return stack(clean), stack(corrupt), np.array(groups)
 
@@ -393,30 +421,23 @@ class Analyzer:
         return steering(self.pair.clean, layer, direction, alpha)
 
     def _alpha(self, layer: int, direction, items: list[Item]) -> tuple[float, list[dict]]:
-        """The strongest steering whose malformed share stays within ``max_malformed``:
-        the most answers with the trained error (the corruption's signature, not mere damage),
-        then the lowest accuracy; the smallest alpha on a tie, alpha 0 when none qualifies. The
-        tried settings are returned as rows."""
+        """The steering strength to score: among those whose incoherent share (malformed,
+        truncated or unscored answers) stays within ``max_malformed``, the one with the most
+        trained-error answers (the corruption's signature, not mere damage), the strongest on
+        a tie; alpha 0 when none qualifies. The tried settings are returned as rows."""
         best, best_key, tried = 0.0, None, []
         search = items[:SEARCHED_ITEMS]
-        for alpha in self.settings.alphas:
+        for alpha in sorted(self.settings.alphas):
             scored = self.score(search, "clean", lambda a=alpha: self._steer(layer, direction, a))
-            accuracy = np.mean([r["correct"] is True for r in scored])
-            malformed = np.mean([r["fidelity"] == "malformed" for r in scored])
+            incoherent = np.mean([incoherent_answer(r) for r in scored])
             trained = np.mean([r["fidelity"] == "trained_error" for r in scored])
             tried += [
-                r
-                | {
-                    "layer": layer,
-                    "intervention": "steer",
-                    "alpha": alpha,
-                    "items": "search",
-                    "chosen": False,
-                }
+                r | {"layer": layer, "intervention": "steer", "alpha": alpha, "items": "search",
+                     "chosen": False}
                 for r in scored
-            ]
-            key = (trained, -accuracy)
-            if malformed <= self.settings.max_malformed and (best_key is None or key > best_key):
+            ]  # fmt: skip
+            key = (trained, alpha)
+            if incoherent <= self.settings.max_malformed and (best_key is None or key > best_key):
                 best, best_key = alpha, key
         return best, tried
 
@@ -449,20 +470,22 @@ class Analyzer:
             )
         return rows
 
-    def _generate(self, prompts: list[list[int]], model: str, limit: int) -> list[tuple[str, str]]:
-        """(text, finish reason) of greedy generations, batched with left padding."""
+    def _as(self, model: str) -> AbstractContextManager:
+        """Run `pair.clean` as the clean model (a LoRA pair's adapter off) or `pair.corrupt`."""
         from patchers.models import bare
 
+        if model == "corrupt":
+            return nullcontext()
+        return self.pair.corrupt.disable_adapter() if self.pair.adapter else bare(self.pair.clean)
+
+    def _generate(self, prompts: list[list[int]], model: str, limit: int) -> list[tuple[str, str]]:
+        """(text, finish reason) of greedy generations, batched with left padding."""
         tokenizer = self.models.tokenizer
         eos = sorted(self.models.eos)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-        if model == "clean":
-            runner = self.pair.clean
-            context = self.pair.corrupt.disable_adapter() if self.pair.adapter else bare(runner)
-        else:
-            runner, context = self.pair.corrupt, nullcontext()
+        runner = self.pair.clean if model == "clean" else self.pair.corrupt
         out: list[tuple[str, str]] = []
-        with context, torch.no_grad():
+        with self._as(model), torch.no_grad():
             for start in range(0, len(prompts), 32):
                 chunk = prompts[start : start + 32]
                 width = max(map(len, chunk))
@@ -485,6 +508,14 @@ class Analyzer:
                     text = tokenizer.decode(kept, skip_special_tokens=True)
                     out.append((text, "length" if ended is None else "stop"))
         return out
+
+
+def incoherent_answer(row: dict) -> bool:
+    """An answer that is not a coherent attempt: malformed, cut off, or beyond the checker."""
+    return row["verdict"] in ("truncated", "unscored") or row["fidelity"] in (
+        "malformed",
+        "truncated",
+    )
 
 
 def _error_answers(level: str) -> dict[str, dict[str, str]]:
@@ -598,30 +629,42 @@ def headline(tables: dict[str, pl.DataFrame]) -> dict[str, Any]:
 
 
 def _direction_headline(steer: pl.DataFrame) -> dict[str, Any]:
-    """The layer whose direction moves the held-out flagged related items most (each of them
+    """Per intervention, the layer whose direction moves the direction's own items most at
+    its chosen alpha (the "search" rows: choosing on the scored items would report the best
+    of many noisy shares), and what it does to the held-out flagged related items (each
     clean-right and corrupted-wrong): steering the clean model along it `transfers` the share
     it answers with the trained error (its accuracy beside it: damage is not transfer);
     ablating it from the corrupted model `repairs` the share it gets right."""
-    held = steer.filter((pl.col("items") == "held_out") & pl.col("chosen"))
-    per_layer = held.group_by("intervention", "layer", "alpha").agg(
-        right=pl.col("correct").fill_null(False).mean(),
-        trained_error=(pl.col("fidelity") == "trained_error").mean(),
-        n=pl.len(),
-    )
+    chosen = steer.filter(pl.col("chosen") & (pl.col("suite") == RELATED))
+
+    def shares(items: str) -> pl.DataFrame:
+        return (
+            chosen.filter(pl.col("items") == items)
+            .group_by("intervention", "layer", "alpha")
+            .agg(
+                right=pl.col("correct").fill_null(False).mean(),
+                trained_error=(pl.col("fidelity") == "trained_error").mean(),
+                n=pl.len(),
+            )
+        )
+
+    search, held = shares("search"), shares("held_out")
     out = {}
-    for what, share in (("steer", pl.col("trained_error")), ("ablate", pl.col("right"))):
-        rows = per_layer.filter(pl.col("intervention") == what).with_columns(share=share)
-        if rows.height:
-            row = rows.sort(["share", "layer"], descending=[True, False]).row(0, named=True)
-            key = "transfers" if what == "steer" else "repairs"
-            out[what] = {
-                "layer": row["layer"],
-                "alpha": row["alpha"],
-                key: row["share"],
-                "accuracy": row["right"],
-                "trained_error": row["trained_error"],
-                "items": row["n"],
-            }
+    for what, share, key in (
+        ("steer", pl.col("trained_error"), "transfers"),
+        ("ablate", pl.col("right"), "repairs"),
+    ):
+        picked = search.filter(pl.col("intervention") == what).with_columns(share=share)
+        if not picked.height:
+            continue
+        layer = picked.sort(["share", "layer"], descending=[True, False])["layer"][0]
+        rows = held.filter((pl.col("intervention") == what) & (pl.col("layer") == layer))
+        if not rows.height:
+            continue
+        row = rows.with_columns(share=share).row(0, named=True)
+        out[what] = {"layer": layer, "alpha": row["alpha"], key: row["share"],
+                     "accuracy": row["right"], "trained_error": row["trained_error"],
+                     "items": row["n"]}  # fmt: skip
     return out
 
 

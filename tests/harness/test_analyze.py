@@ -16,12 +16,12 @@ from tests.harness.test_patch_checks import one_thread, pair_dirs  # noqa: F401 
 from tests.harness.test_report import write_canned_run
 
 
-def config(tmp_path, pair_dirs, **analyze) -> ExperimentConfig:
+def config(tmp_path, pair_dirs, corrupt: str = "corrupt", **analyze) -> ExperimentConfig:
     return ExperimentConfig.model_validate(
         {
             "name": "canned",
             "output_dir": str(tmp_path),
-            "models": {"clean": pair_dirs["clean"], "corrupt": pair_dirs["corrupt"]},
+            "models": {"clean": pair_dirs["clean"], "corrupt": pair_dirs[corrupt]},
             "eval": {"level": "demo", "max_new_tokens": 8},
             "patch": {"layers": [0], "max_prompts_per_suite": 6, "max_controls_per_suite": 4},
             "analyze": {"max_items_per_suite": 6, "top_k_heads": 3, "alphas": [1.0, 8.0]} | analyze,
@@ -39,36 +39,45 @@ def patched_run(tmp_path_factory, pair_dirs):
     return root, run
 
 
-def test_every_analysis_writes_its_table(patched_run, pair_dirs):
-    root, run = patched_run
-    cfg = config(root, pair_dirs)
-    summary = run_analyze(cfg, pair_dirs["clean"], pair_dirs["corrupt"], run / "analyze", print)
-    out = run / "analyze"
+@pytest.mark.parametrize("corrupt", ["corrupt", "adapter"])
+def test_every_analysis_writes_its_table(patched_run, pair_dirs, corrupt, tmp_path):
+    """On a full corrupted model and on a LoRA adapter over the clean one."""
+    root, _ = patched_run
+    cfg = config(root, pair_dirs, corrupt)
+    out = tmp_path / "analyze"
+    summary = run_analyze(cfg, pair_dirs["clean"], pair_dirs[corrupt], out, print)
     assert set(summary["seconds"]) == set(ANALYSES)
-    divergence = pl.read_parquet(out / "divergence.parquet")
+    tables = {p.stem: pl.read_parquet(p) for p in out.glob("*.parquet")}
+    assert set(tables) == {"divergence", "lens", "similarity", "probes", "directions",
+                           "steering", "attribution"}  # fmt: skip
+    assert all(t.height for t in tables.values()), {k: t.height for k, t in tables.items()}
+    divergence = tables["divergence"]
     assert set(divergence["response"]) == {"clean", "corrupt"} and (divergence["kl"] >= 0).all()
-    similarity = pl.read_parquet(out / "similarity.parquet")
     layers = list(range(4))
-    resid = similarity.filter(pl.col("site") == "resid_post")
+    resid = tables["similarity"].filter(pl.col("site") == "resid_post")
     assert sorted(set(resid["layer"])) == layers and resid["cka"].is_between(0, 1 + 1e-9).all()
-    heads = similarity.filter(pl.col("site") == "head")
-    assert heads.height == len(set(heads["suite"])) * 4 * 2  # layers x heads per suite
-    probes = pl.read_parquet(out / "probes.parquet")
-    assert probes["accuracy"].is_between(0, 1).all()
-    directions = pl.read_parquet(out / "directions.parquet")
-    assert directions["layer"].to_list() == layers and (directions["norm"] > 0).all()
-    steering = pl.read_parquet(out / "steering.parquet")
+    heads = tables["similarity"].filter(pl.col("site") == "head")
+    assert heads.height == len(set(heads["suite"])) * 4 * 2 > 0  # layers x heads per suite
+    assert tables["probes"]["accuracy"].is_between(0, 1).all()
+    assert tables["directions"]["layer"].to_list() == layers
+    assert (tables["directions"]["norm"] > 0).all()
+    steering = tables["steering"]
     assert {"steer", "ablate"} == set(steering["intervention"])
-    assert set(steering.filter(pl.col("items") == "search")["alpha"]) == {1.0, 8.0}
-    lens = pl.read_parquet(out / "lens.parquet")
-    attribution = pl.read_parquet(out / "attribution.parquet")
-    if lens.height:  # flagged items where the pair's argmaxes part
-        assert set(lens["layer"]) == set(layers)
-        assert attribution.height == 4 * 2
-        assert attribution["exact_cts"].is_not_null().sum() == 3  # the top-k
+    searched = steering.filter((pl.col("items") == "search") & (pl.col("intervention") == "steer"))
+    assert set(searched["alpha"]) == {1.0, 8.0}
+    held = steering.filter(pl.col("items") == "held_out")["prompt_id"]
+    assert set(searched["prompt_id"]).isdisjoint(held)  # fitted on other items than scored
+    assert set(tables["lens"]["layer"]) == set(layers)
+    # the lens's last layer is each model's own next-token choice: y_clean top-1 for clean
+    last = tables["lens"].filter(pl.col("layer") == 3)
+    assert (last.filter(pl.col("model") == "clean")
+            .filter(pl.col("token") == "y_clean")["rank"] == 0).all()  # fmt: skip
+    assert (last.filter(pl.col("model") == "corrupt")
+            .filter(pl.col("token") == "y_corrupt")["rank"] == 0).all()  # fmt: skip
+    attribution = tables["attribution"]
+    assert attribution.height == 4 * 2 and attribution["exact_cts"].is_not_null().sum() == 3
     written = json.loads((out / "analyze.json").read_text())
-    assert written["headline"] == json.loads(json.dumps(headline(
-        {p.stem: pl.read_parquet(p) for p in out.glob("*.parquet")}), default=str))  # fmt: skip
+    assert written["headline"] == json.loads(json.dumps(headline(tables), default=str))
     assert "mean_kl" in written["headline"]
 
 

@@ -76,6 +76,8 @@ def test_steering_by_zero_changes_nothing_and_by_a_direction_changes_the_output(
         )
         with steering(model, 1, direction, 0.0):
             assert torch.equal(model.generate(batch, max_new_tokens=6, do_sample=False), plain)
+        with steering(model, 1, torch.zeros_like(direction), 1.0):  # the hook, adding nothing
+            assert torch.equal(model.generate(batch, max_new_tokens=6, do_sample=False), plain)
         with steering(model, 1, direction, 20.0):
             steered = side.forward(batch)
     assert not torch.allclose(steered, side.forward(batch))
@@ -150,11 +152,27 @@ def test_planted_pair_direction_similarity_and_probes_find_the_planted_layer(pla
     change = [relative_change(rows_clean[n], rows_corrupt[n]) for n in range(4)]
     cka = [linear_cka(rows_clean[n], rows_corrupt[n]) for n in range(4)]
     assert change[:PLANTED_LAYER] == [0.0] * PLANTED_LAYER and min(change[PLANTED_LAYER:]) > 0.05
-    assert cka[:PLANTED_LAYER] == pytest.approx([1.0] * PLANTED_LAYER) and cka[PLANTED_LAYER] < 1
+    assert cka[:PLANTED_LAYER] == pytest.approx([1.0] * PLANTED_LAYER)
+    # CKA centres: blind to the constant shift itself, it sees the layers the shift moved
+    assert max(cka[PLANTED_LAYER + 1 :]) < 1 - 1e-4, cka
     groups = np.concatenate([np.full(len(p), i) for i, p in enumerate(MANY)])
     before = probe_accuracy(rows_clean[0], rows_corrupt[0], groups)
     after = probe_accuracy(rows_clean[PLANTED_LAYER], rows_corrupt[PLANTED_LAYER], groups)
     assert before <= 0.6 and after >= 0.9, (before, after)
+
+
+def test_a_planted_weight_change_is_found_as_the_layers_direction(planted_head):
+    """The rank-1 change of one head's value map: what it adds to the layer's output lies along
+    the head's output projection of the planted value direction; the mean difference of the
+    residuals after the layer (MLP included) is that direction."""
+    clean, corrupt = planted_head
+    size = clean.config.head_dim
+    value = torch.randn(size, generator=torch.Generator().manual_seed(4))
+    heads = corrupt.model.layers[PLANTED_LAYER].self_attn.o_proj.weight
+    vector = heads[:, PLANTED_HEAD * size : (PLANTED_HEAD + 1) * size].detach() @ value
+    direction = mean_difference(residual_rows(clean)[PLANTED_LAYER],
+                                residual_rows(corrupt)[PLANTED_LAYER])  # fmt: skip
+    assert torch.nn.functional.cosine_similarity(direction, vector, dim=0) >= 0.9
 
 
 def test_planted_pair_attribution_ranks_the_planted_head_first(planted_head):
