@@ -9,9 +9,17 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from harness.report import diffing_figures
 from harness.report.page import esc, fmt, suite_title, table
 
 ANALYZE = "analyze"
+FIGURES = {
+    "divergence": diffing_figures.divergence_figure,
+    "lens": diffing_figures.lens_figure,
+    "similarity": diffing_figures.similarity_figure,
+    "probes": diffing_figures.probes_figure,
+    "steering": diffing_figures.steering_figure,
+}
 
 
 def analyze_tables(run_dir: Path) -> tuple[dict[str, pl.DataFrame], dict[str, Any]]:
@@ -49,7 +57,11 @@ def diffing_section(run_dir: Path, fig_dir: Path, pngs: list[Path]) -> list[str]
         ("steering", _directions),
     ):
         if name in tables and tables[name].height:
-            parts += draw(tables[name], tables)
+            heading, *rest = draw(tables[name], tables)
+            fig_dir.mkdir(parents=True, exist_ok=True)
+            png = FIGURES[name](tables[name], fig_dir / f"diffing_{name}.png")
+            pngs.append(png)
+            parts += [heading, f"<img src='figures/{png.name}' alt='{name} figure'>", *rest]
     if "attribution" in tables and tables["attribution"].height:
         parts += _attribution(tables["attribution"], fig_dir, pngs)
     return parts

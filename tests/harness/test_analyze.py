@@ -125,6 +125,11 @@ def test_the_report_has_a_diffing_section_and_the_summary_its_headline(patched_r
     assert "<h2>Model diffing</h2>" in page and "Similarity per layer" in page
     assert "mean_kl" in built.summary["analyze"]
     assert set(built.summary["analyze"]["seconds"]) == set(ANALYSES)
+    drawn = {p.name for p in built.figures}
+    figures = {
+        f"diffing_{name}.png" for name in ("divergence", "lens", "similarity", "probes", "steering")
+    } | {"head_attribution.png"}
+    assert figures <= drawn and all(f"figures/{name}" in page for name in figures)
 
 
 def test_steering_hooks_the_clean_model_and_ablation_the_corrupted_one(
