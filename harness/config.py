@@ -97,6 +97,13 @@ class EvalConfig(Strict):
     _check = field_validator("judge")(check_model_ref)
 
 
+def layers_non_negative(value: Any) -> Any:
+    """A ``layers`` setting: "all" or layer indices, none negative."""
+    if isinstance(value, list) and any(layer < 0 for layer in value):
+        raise ValueError("layers must be 'all' or non-negative layer indices")
+    return value
+
+
 class PatchConfig(Strict):
     """Cross-model activation patching of the flagged prompts."""
 
@@ -140,12 +147,7 @@ class PatchConfig(Strict):
         "passes; null: every item. The other checks see every item.",
     )
 
-    @field_validator("layers")
-    @classmethod
-    def _layers_non_negative(cls, value: Any) -> Any:
-        if isinstance(value, list) and any(layer < 0 for layer in value):
-            raise ValueError("layers must be 'all' or non-negative layer indices")
-        return value
+    _layers = field_validator("layers")(layers_non_negative)
 
     def requested_layers(self) -> list[int] | None:
         """The layers as the patcher takes them: None for every layer."""
@@ -190,12 +192,7 @@ class AnalyzeConfig(Strict):
         None, gt=0, description="Steered and ablated generations' token limit; null: the eval's."
     )
 
-    @field_validator("layers")
-    @classmethod
-    def _layers_non_negative(cls, value: Any) -> Any:
-        if isinstance(value, list) and any(layer < 0 for layer in value):
-            raise ValueError("layers must be 'all' or non-negative layer indices")
-        return value
+    _layers = field_validator("layers")(layers_non_negative)
 
     def requested_layers(self, n_layers: int) -> list[int]:
         return list(range(n_layers)) if self.layers == "all" else sorted(set(self.layers))
