@@ -162,15 +162,20 @@ def discover_layout(model: nn.Module) -> Layout:
     )
 
 
+def base_model(model: nn.Module) -> nn.Module:
+    """The causal LM under a PeftModel (the model itself otherwise)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def decoder_layers(model: nn.Module, layout: Layout | None = None) -> nn.ModuleList:
     """The decoder layers of a causal LM (a PeftModel's base model included)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     return _get(base, (layout or layout_of(base)).layers)
 
 
 def site_module(model: nn.Module, site: str, layer: int, layout: Layout | None = None):
     """(module, reads_input) for a site of one layer; reads_input for `resid_pre` and `head`."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     layout = layout or layout_of(base)
     check_site(base.config, layout, site)
     layers = decoder_layers(base, layout)
@@ -230,7 +235,7 @@ def resolve_targets(
 
 def final_norm(model: nn.Module, layout: Layout | None = None) -> nn.Module:
     """The norm the last layer's output passes before the unembedding."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     layout = layout or layout_of(base)
     module = _get(base, layout.final_norm) if layout.final_norm else None
     if module is None:

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from patchers.hooks import attach
 from patchers.models import input_device
 from patchers.reference import Side
-from patchers.sites import final_norm
+from patchers.sites import base_model, final_norm
 
 
 @contextmanager
@@ -46,7 +46,7 @@ def recorded(
 def lens_logits(model: nn.Module, hidden: Tensor) -> Tensor:
     """Residuals [..., d_model] read as the model reads its last layer's output: through its
     final norm and unembedding, with Granite's logit scaling and Gemma's softcapping."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     head = base.get_output_embeddings()
     hidden = hidden.to(head.weight.dtype)
     logits = head(final_norm(base)(hidden))
