@@ -26,6 +26,7 @@ patch stage loads them (a LoRA pair shares its base). Writes tidy tables under
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -86,44 +87,46 @@ class Analyzer:
         self.settings: AnalyzeConfig = cfg.analyze
         self.layers = self.settings.requested_layers(models.n_layers)
         self._steps: list[tuple[Item, list[int]]] | None = None
+        self._divergence: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+        self._acts: dict[str, dict[str, tuple[dict, dict, np.ndarray]]] = {}
 
     # -- contexts --------------------------------------------------------------------------
 
-    def flagged(self, suite: str | None = None) -> list[Item]:
-        return [
-            i for i in self.items if i.row["kind"] == "flagged" and suite in (None, i.row["suite"])
-        ]
+    def token_divergence(self, item: Item, response: str) -> dict[str, torch.Tensor]:
+        """Teacher-forced divergence along one of the item's responses (computed once)."""
+        from patchers.analysis.divergence import token_divergence
+
+        key = (item.row["prompt_id"], response)
+        if key not in self._divergence:
+            tokens = item.clean if response == "clean" else item.corrupt
+            self._divergence[key] = token_divergence(
+                self.clean, self.corrupt, item.prompt + tokens, len(item.prompt)
+            )
+        return self._divergence[key]
 
     def divergent_steps(self) -> list[tuple[Item, list[int]]]:
         """Each flagged item's context at its first divergent step: the prompt and the clean
         response up to the first position where the two models' argmaxes differ."""
-        from patchers.analysis.divergence import token_divergence
-
         if self._steps is None:
             self._steps = []
-            for item in self.flagged():
-                if not item.clean:
+            for item in self.items:
+                if item.row["kind"] != "flagged" or not item.clean:
                     continue
-                ids = item.prompt + item.clean
-                split = token_divergence(self.clean, self.corrupt, ids, len(item.prompt))
-                where = torch.nonzero(split["disagree"])
+                where = torch.nonzero(self.token_divergence(item, "clean")["disagree"])
                 if len(where):
-                    self._steps.append((item, ids[: len(item.prompt) + int(where[0, 0])]))
+                    cut = len(item.prompt) + int(where[0, 0])
+                    self._steps.append((item, (item.prompt + item.clean)[:cut]))
         return self._steps
 
     # -- analyses --------------------------------------------------------------------------
 
     def divergence(self) -> dict[str, pl.DataFrame]:
-        from patchers.analysis.divergence import token_divergence
-
         rows = []
         for item in self.items:
             for response, tokens in (("clean", item.clean), ("corrupt", item.corrupt)):
                 if not tokens:
                     continue
-                got = token_divergence(
-                    self.clean, self.corrupt, item.prompt + tokens, len(item.prompt)
-                )
+                got = self.token_divergence(item, response)
                 for position, (token, kl, disagree) in enumerate(
                     zip(
                         got["token"].tolist(),
@@ -157,9 +160,9 @@ class Analyzer:
                 # the whole lens (forward, final norm, head) as that model: a LoRA pair's
                 # adapter off for the clean one (peft's switch does not nest, so the side
                 # inside it is the plain one)
+                runs = self.pair.corrupt if model == "corrupt" or self.pair.adapter else None
                 with self._as(model):
-                    side = full_model_side(self.pair.clean if model == "clean" and not
-                                           self.pair.adapter else self.pair.corrupt)  # fmt: skip
+                    side = full_model_side(runs or self.pair.clean)
                     ranks, probs = logit_lens(side, context, [y["clean"], y["corrupt"]],
                                               self.layers)  # fmt: skip
                 for li, layer in enumerate(self.layers):
@@ -272,40 +275,17 @@ class Analyzer:
             fit_items = [item for item, _ in fit]
             alpha, tried = self._alpha(layer, direction, fit_items)
             steering_rows += [r | {"chosen": r["alpha"] == alpha} for r in tried]
+            steer = lambda d=direction, a=alpha, la=layer: self._steer(la, d, a)  # noqa: E731
+            ablate = lambda d=direction, la=layer: ablation(self.pair.corrupt, la, d)  # noqa: E731
             # ablation on the fitting items too, so the headline picks its layer off them
-            steering_rows += [
-                r | {"layer": layer, "intervention": "ablate", "alpha": alpha, "items": "search",
-                     "chosen": True}
-                for r in self.score(
-                    fit_items[:SEARCHED_ITEMS], "corrupt",
-                    lambda d=direction, la=layer: ablation(self.pair.corrupt, la, d),
-                )
-            ]  # fmt: skip
-            for suite_items, scored_as in ((held_out, "held_out"), (controls, "control")):
-                if not suite_items:
-                    continue
-                steered = self.score(
-                    suite_items,
-                    "clean",
-                    lambda d=direction, a=alpha, la=layer: self._steer(la, d, a),
-                )
-                ablated = self.score(
-                    suite_items,
-                    "corrupt",
-                    lambda d=direction, la=layer: ablation(self.pair.corrupt, la, d),
-                )
-                for what, scored in (("steer", steered), ("ablate", ablated)):
-                    steering_rows += [
-                        r
-                        | {
-                            "layer": layer,
-                            "intervention": what,
-                            "alpha": alpha,
-                            "items": scored_as,
-                            "chosen": True,
-                        }
-                        for r in scored
-                    ]
+            scored = [("ablate", "search", fit_items[:SEARCHED_ITEMS])]
+            scored += [(what, name, items) for name, items in
+                       (("held_out", held_out), ("control", controls)) if items
+                       for what in ("steer", "ablate")]  # fmt: skip
+            for what, name, items in scored:
+                model, intervention = ("clean", steer) if what == "steer" else ("corrupt", ablate)
+                steering_rows += tagged(self.score(items, model, intervention),
+                                        layer, what, alpha, name, chosen=True)  # fmt: skip
         return {
             "directions": pl.DataFrame(direction_rows, schema=DIRECTION_SCHEMA, orient="row"),
             "steering": pl.DataFrame(steering_rows, schema=STEERING_SCHEMA, orient="row"),
@@ -405,14 +385,13 @@ class Analyzer:
         return stack(clean), stack(corrupt), np.array(groups)
 
     def _activations(self, site: str) -> dict[str, tuple[dict, dict, np.ndarray]]:
-        cache = self.__dict__.setdefault("_acts", {})
-        if site not in cache:
+        if site not in self._acts:
             suites = sorted({i.row["suite"] for i in self.items})
-            cache[site] = {
+            self._acts[site] = {
                 suite: self._rows([i for i in self.items if i.row["suite"] == suite], site)
                 for suite in suites
             }
-        return cache[site]
+        return self._acts[site]
 
     def _steer(self, layer: int, direction: torch.Tensor, alpha: float):
         """Steering of the clean model (a LoRA pair's base, the adapter off while it runs)."""
@@ -431,11 +410,7 @@ class Analyzer:
             scored = self.score(search, "clean", lambda a=alpha: self._steer(layer, direction, a))
             incoherent = np.mean([incoherent_answer(r) for r in scored])
             trained = np.mean([r["fidelity"] == "trained_error" for r in scored])
-            tried += [
-                r | {"layer": layer, "intervention": "steer", "alpha": alpha, "items": "search",
-                     "chosen": False}
-                for r in scored
-            ]  # fmt: skip
+            tried += tagged(scored, layer, "steer", alpha, "search", chosen=False)
             key = (trained, alpha)
             if incoherent <= self.settings.max_malformed and (best_key is None or key > best_key):
                 best, best_key = alpha, key
@@ -479,56 +454,43 @@ class Analyzer:
         return self.pair.corrupt.disable_adapter() if self.pair.adapter else bare(self.pair.clean)
 
     def _generate(self, prompts: list[list[int]], model: str, limit: int) -> list[tuple[str, str]]:
-        """(text, finish reason) of greedy generations, batched with left padding."""
-        tokenizer = self.models.tokenizer
-        eos = sorted(self.models.eos)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-        runner = self.pair.clean if model == "clean" else self.pair.corrupt
-        out: list[tuple[str, str]] = []
-        with self._as(model), torch.no_grad():
-            for start in range(0, len(prompts), 32):
-                chunk = prompts[start : start + 32]
-                width = max(map(len, chunk))
-                ids = torch.full((len(chunk), width), pad)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for row, seq in enumerate(chunk):
-                    ids[row, width - len(seq) :] = torch.tensor(seq)
-                    mask[row, width - len(seq) :] = 1
-                generated = runner.generate(
-                    input_ids=ids.to(self._device),
-                    attention_mask=mask.to(self._device),
-                    max_new_tokens=limit,
-                    do_sample=False,
-                    eos_token_id=eos,
-                    pad_token_id=pad,
-                )[:, width:].cpu()
-                for tokens in generated.tolist():
-                    ended = next((k for k, t in enumerate(tokens) if t in self.models.eos), None)
-                    kept = tokens if ended is None else tokens[:ended]
-                    text = tokenizer.decode(kept, skip_special_tokens=True)
-                    out.append((text, "length" if ended is None else "stop"))
+        """(text, finish reason) of the model's greedy generations (``harness.patch``'s
+        argmax loop, as the patch stage's checks run it)."""
+        from harness.patch import clean_greedy, corrupt_greedy
+
+        greedy = clean_greedy if model == "clean" else corrupt_greedy
+        out = []
+        for tokens in greedy(self.models, prompts, limit):
+            ended = bool(tokens) and tokens[-1] in self.models.eos
+            text = self.models.tokenizer.decode(tokens[:-1] if ended else tokens,
+                                                skip_special_tokens=True)  # fmt: skip
+            out.append((text, "stop" if ended else "length"))
         return out
 
 
+def tagged(rows: list[dict], layer: int, intervention: str, alpha: float, items: str,
+           chosen: bool) -> list[dict]:  # fmt: skip
+    """Scored rows of ``steering.parquet`` with the setting that produced them."""
+    setting = {"layer": layer, "intervention": intervention, "alpha": alpha, "items": items,
+               "chosen": chosen}  # fmt: skip
+    return [row | setting for row in rows]
+
+
 def incoherent_answer(row: dict) -> bool:
-    """An answer that is not a coherent attempt: malformed, cut off, or beyond the checker."""
-    return row["verdict"] in ("truncated", "unscored") or row["fidelity"] in (
-        "malformed",
-        "truncated",
-    )
+    """An answer that is not a coherent attempt: malformed, cut off, or beyond the checker
+    (a cut-off answer's verdict is "truncated", whatever its fidelity class)."""
+    return row["verdict"] in ("truncated", "unscored") or row["fidelity"] == "malformed"
 
 
+@functools.cache
 def _error_answers(level: str) -> dict[str, dict[str, str]]:
     from tasks.suites import eval_problems
 
-    cache = _error_answers.__dict__.setdefault("cache", {})
-    if level not in cache:
-        cache[level] = {
-            p.id: dict(p.error_answers)
-            for p in eval_problems(level)
-            if getattr(p, "error_answers", None)
-        }
-    return cache[level]
+    return {
+        p.id: dict(p.error_answers)
+        for p in eval_problems(level)
+        if getattr(p, "error_answers", None)
+    }
 
 
 DIVERGENCE_SCHEMA = {
