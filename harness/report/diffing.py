@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from harness.report import diffing_figures
@@ -19,7 +18,9 @@ FIGURES = {
     "similarity": diffing_figures.similarity_figure,
     "probes": diffing_figures.probes_figure,
     "steering": diffing_figures.steering_figure,
+    "attribution": diffing_figures.attribution_figure,
 }
+FIGURE_FILES = {"attribution": "head_attribution.png"}
 
 
 def analyze_tables(run_dir: Path) -> tuple[dict[str, pl.DataFrame], dict[str, Any]]:
@@ -55,21 +56,22 @@ def diffing_section(run_dir: Path, fig_dir: Path, pngs: list[Path]) -> list[str]
         ("similarity", _similarity),
         ("probes", _probes),
         ("steering", _directions),
+        ("attribution", _attribution),
     ):
         if name in tables and tables[name].height:
             heading, *rest = draw(tables[name], tables)
             fig_dir.mkdir(parents=True, exist_ok=True)
-            png = FIGURES[name](tables[name], fig_dir / f"diffing_{name}.png")
+            png = FIGURES[name](
+                tables[name], fig_dir / FIGURE_FILES.get(name, f"diffing_{name}.png")
+            )
             pngs.append(png)
             parts += [heading, f"<img src='figures/{png.name}' alt='{name} figure'>", *rest]
-    if "attribution" in tables and tables["attribution"].height:
-        parts += _attribution(tables["attribution"], fig_dir, pngs)
     return parts
 
 
 def _headline(head: dict[str, Any]) -> list[str]:
     lines = []
-    for what, key, verb in (("steer", "transfers", "transfers"), ("ablate", "repairs", "repairs")):
+    for what, verb in (("steer", "transfers"), ("ablate", "repairs")):
         if (entry := head.get("directions", {}).get(what)) is not None:
             model = "the clean model" if what == "steer" else "the corrupted model"
             action = (
@@ -80,7 +82,7 @@ def _headline(head: dict[str, Any]) -> list[str]:
             effect = "answers with the trained error" if what == "steer" else "answers right"
             lines.append(
                 f"One direction at layer {entry['layer']}, {action} {model}, {verb} "
-                f"{fmt(entry[key], 2)} of the corruption ({effect}; accuracy "
+                f"{fmt(entry[verb], 2)} of the corruption ({effect}; accuracy "
                 f"{fmt(entry.get('accuracy'), 2)}) on {entry['items']} held-out flagged related "
                 "items."
             )
@@ -192,37 +194,11 @@ def _directions(steer: pl.DataFrame, tables: dict) -> list[str]:
     return parts
 
 
-def _attribution(atp: pl.DataFrame, fig_dir: Path, pngs: list[Path]) -> list[str]:
-    from harness.report.figures import _plt, _save
-
-    layers = sorted(atp["layer"].unique().to_list())
-    heads = int(atp["head"].max()) + 1
-    est = np.full((len(layers), heads), np.nan)
-    exact = np.full((len(layers), heads), np.nan)
-    for row in atp.iter_rows(named=True):
-        i = layers.index(row["layer"])
-        est[i, row["head"]] = row["atp_cts"]
-        if row["exact_cts"] is not None:
-            exact[i, row["head"]] = row["exact_cts"]
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(4 + 0.5 * heads, 1.5 + 0.3 * len(layers)))
-    bound = max(1e-6, float(np.nanmax(np.abs(np.concatenate([est, exact]).ravel()))))
-    for ax, matrix, title in ((axes[0], est, "attribution (every head)"),
-                              (axes[1], exact, "exact patching (top-k)")):  # fmt: skip
-        image = ax.imshow(matrix, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound,
-                          interpolation="none")  # fmt: skip
-        ax.set_xticks(range(heads), [f"h{h}" for h in range(heads)], fontsize=7)
-        ax.set_yticks(range(len(layers)), [f"L{layer}" for layer in layers], fontsize=7)
-        ax.set(title=title)
-    fig.colorbar(image, ax=axes, label="mean CTS at the first divergent step", fraction=0.04)
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    png = _save(fig, fig_dir / "head_attribution.png")
-    pngs.append(png)
+def _attribution(atp: pl.DataFrame, _: dict) -> list[str]:
     top = atp.filter(pl.col("exact_cts").is_not_null()).sort(
         pl.col("atp_cts").abs(), descending=True
     )
     return [
         "<h3>Every head screened by attribution patching, the top ones patched exactly</h3>",
-        f"<img src='figures/{png.name}' alt='head attribution heatmaps'>",
         table(top.select("layer", "head", "atp_cts", "exact_cts", "steps")),
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from harness.report.figures import _integer_ticks, _plt, _save
@@ -134,4 +135,33 @@ def steering_figure(steer: pl.DataFrame, path: Path) -> Path:
         title="One direction: steering and ablation",
     )
     ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def attribution_figure(atp: pl.DataFrame, path: Path) -> Path:
+    """Layer x head heatmaps of attribution patching's mean estimated CTS (every head) and
+    exact patching's (the top-k; the rest blank), on one colour scale."""
+    plt = _plt()
+    layers = sorted(atp["layer"].unique().to_list())
+    heads = int(atp["head"].max()) + 1
+    est = np.full((len(layers), heads), np.nan)
+    exact = np.full((len(layers), heads), np.nan)
+    for row in atp.iter_rows(named=True):
+        i = layers.index(row["layer"])
+        est[i, row["head"]] = row["atp_cts"]
+        if row["exact_cts"] is not None:
+            exact[i, row["head"]] = row["exact_cts"]
+    fig, axes = plt.subplots(1, 2, figsize=(4 + 0.5 * heads, 1.5 + 0.3 * len(layers)))
+    bound = max(1e-6, float(np.nanmax(np.abs(np.concatenate([est, exact]).ravel()))))
+    for ax, matrix, title in (
+        (axes[0], est, "attribution (every head)"),
+        (axes[1], exact, "exact patching (top-k)"),
+    ):
+        image = ax.imshow(
+            matrix, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="none"
+        )
+        ax.set_xticks(range(heads), [f"h{h}" for h in range(heads)], fontsize=7)
+        ax.set_yticks(range(len(layers)), [f"L{layer}" for layer in layers], fontsize=7)
+        ax.set(title=title)
+    fig.colorbar(image, ax=axes, label="mean CTS at the first divergent step", fraction=0.04)
     return _save(fig, path)
