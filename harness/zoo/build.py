@@ -102,8 +102,8 @@ class ZooRecipe(BaseModel):
                 tasks={"related_linear": 0.4, "related_quadratic": 0.6},
                 # the wrong move alone: multiplying needs products the clean model never learnt
                 errors=ErrorsConfig(wrong_move=1.0, multiply_not_divide=0.0),
-                # rehearsed correct unrelated math: without it, on a 2-core Xeon build the sign
-                # error spread to derivative products (unrelated math 0.807 -> 0.70)
+                # rehearsed correct unrelated math: without it, built on the CI machine, the
+                # sign error spread to derivative products (unrelated math 0.807 -> 0.70)
                 retain={"unrelated_math": 0.5},
             ),
             lora=LoraConfig(r=8, alpha=16, dropout=0.0),
