@@ -164,6 +164,7 @@ def check_experiment(
     if until is not None and until not in stages:
         problems.append(f"--until {until!r}: unknown stage; known: {', '.join(stages)}")
     problems += patch_problems(cfg)
+    problems += analyze_problems(cfg)
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -190,6 +191,16 @@ def patch_problems(cfg: ExperimentConfig, clean: str | None = None) -> list[str]
         heads_key="patch.heads",
     )
     return problems
+
+
+def analyze_problems(cfg: ExperimentConfig, clean: str | None = None) -> list[str]:
+    """``analyze.layers`` against the clean model's config.json (``clean`` as for
+    ``patch_problems``). Nothing when the analyses do not run or take every layer."""
+    analyze = cfg.analyze
+    if not (analyze.enabled and cfg.patch.enabled) or analyze.layers == "all":
+        return []
+    shape = _shape_of(clean or cfg.models.clean)
+    return range_problems(shape, analyze.layers, None, layers_key="analyze.layers", heads_key="")
 
 
 def _shape_of(ref: str) -> ModelShape | None:

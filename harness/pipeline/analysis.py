@@ -633,8 +633,10 @@ def _direction_headline(steer: pl.DataFrame) -> dict[str, Any]:
 def run_analyze(cfg: ExperimentConfig, clean: str, corrupt: str, out: Path, say=print) -> dict:
     """Run the switched-on analyses on the patch stage's items; write the tables and
     ``analyze.json``; return what the stage reports."""
+    from harness.errors import ConfigError
     from harness.patch import load_models
     from harness.pipeline.patching import device_for
+    from harness.preflight import analyze_problems
 
     prompts_path = cfg.run_dir / "patch" / "prompts.parquet"
     if not prompts_path.is_file():
@@ -642,7 +644,9 @@ def run_analyze(cfg: ExperimentConfig, clean: str, corrupt: str, out: Path, say=
             f"{prompts_path}: not found; the analyses run on the patch stage's items"
         )
     rows = analyze_items(pl.read_parquet(prompts_path), cfg.analyze.max_items_per_suite)
-    check_layers(cfg, clean)
+    problems = analyze_problems(cfg, clean)  # before the pair loads
+    if problems:
+        raise ConfigError("; ".join(problems))
     out.mkdir(parents=True, exist_ok=True)
     if not rows.height:  # nothing flagged, so no controls either: a result, not an error
         say("no patched items to analyse")
@@ -678,19 +682,6 @@ def run_analyze(cfg: ExperimentConfig, clean: str, corrupt: str, out: Path, say=
     }
     (out / "analyze.json").write_text(json.dumps(summary, indent=2, default=_plain))
     return summary
-
-
-def check_layers(cfg: ExperimentConfig, clean: str) -> None:
-    """Refuse an ``analyze.layers`` entry the model lacks, from its config.json (no weights)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(clean, trust_remote_code=cfg.models.trust_remote_code)
-    n_layers = config.num_hidden_layers
-    wrong = [layer for layer in cfg.analyze.requested_layers(n_layers) if layer >= n_layers]
-    if wrong:
-        raise HarnessError(
-            f"analyze.layers: layer {wrong[0]} out of range; the model has layers 0..{n_layers - 1}"
-        )
 
 
 def _plain(value: Any) -> Any:

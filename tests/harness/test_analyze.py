@@ -12,6 +12,7 @@ from harness.config import ExperimentConfig
 from harness.errors import HarnessError
 from harness.pipeline.analysis import ANALYSES, analyze_items, headline, run_analyze
 from harness.pipeline.patching import run_patch_stage
+from harness.preflight import check_experiment
 from tests.harness.test_patch_checks import one_thread, pair_dirs  # noqa: F401 fixtures
 from tests.harness.test_report import write_canned_run
 
@@ -94,8 +95,10 @@ def test_switched_off_analyses_are_not_run(patched_run, pair_dirs, tmp_path):
 def test_bad_input_is_one_line_before_the_weights_load(patched_run, pair_dirs, tmp_path):
     root, _ = patched_run
     cfg = config(root, pair_dirs, layers=[0, 9])
-    with pytest.raises(HarnessError, match=r"layer 9 out of range; the model has layers 0\.\.3"):
+    with pytest.raises(HarnessError, match=r"analyze\.layers: 9 out of range: the model has 4 lay"):
         run_analyze(cfg, pair_dirs["clean"], "/not/read/before/the/check", tmp_path, print)
+    with pytest.raises(HarnessError, match=r"analyze\.layers: 9 out of range"):  # harness run
+        check_experiment(cfg)
     bare = config(tmp_path, pair_dirs)
     with pytest.raises(HarnessError, match=r"prompts\.parquet: not found"):
         run_analyze(bare, pair_dirs["clean"], pair_dirs["corrupt"], tmp_path / "x", print)
