@@ -40,8 +40,8 @@ import polars as pl
 import torch
 from peft.tuners.lora import Linear as LoraLinear
 from torch import Tensor
-from transformers import DynamicCache
 
+from patchers.cache import engine_cache
 from patchers.errors import PatchError
 from patchers.hooks import attach
 from patchers.metrics import STEP_COLUMNS, step_metrics
@@ -144,6 +144,7 @@ class _Plan:
     blocks: dict[int, tuple[int, int]]  # target layer -> its patched rows [start, end)
     heads: Tensor | None
     rows: Tensor  # every row of the expanded batch: the base row whose per-row inputs it takes
+    expanded: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # see `_per_row`
 
 
 class _Engine:
@@ -243,15 +244,21 @@ class _Engine:
             yield
 
     def _lora_delta(self, module: LoraLinear, name: str):
-        lora_a, lora_b = module.lora_A[name], module.lora_B[name]
-        dropout, scaling = module.lora_dropout[name], module.scaling[name]
+        """`output[:rows] += scaling * B(A(x[:rows]))`, peft's eval-mode LoRA arithmetic (no
+        dropout at inference), as two matmuls on the weights: a decoding step runs this in
+        every adapted linear map, where module calls cost more than the tiny products."""
+        a, b = module.lora_A[name].weight, module.lora_B[name].weight
+        bias, scaling = module.lora_B[name].bias, module.scaling[name]
 
         def hook(_, args, output):
             rows = self.lora_rows
             if not rows:
                 return None
-            x = args[0][:rows].to(lora_a.weight.dtype)
-            output[:rows] += (lora_b(lora_a(dropout(x))) * scaling).to(output.dtype)
+            x = args[0][:rows]
+            delta = torch.matmul(torch.matmul(x.to(a.dtype), a.T), b.T)
+            if bias is not None:  # peft's lora_bias
+                delta = delta + bias
+            output[:rows] += (delta * scaling).to(output.dtype)
             return output
 
         return hook
@@ -279,9 +286,9 @@ class _Engine:
                     start, end = plan.blocks[index]
                     born[:, -1] = self._corrupt_value(index, hidden, slice(start, end))
                 hidden = torch.cat([hidden, born])
-            rows = plan.rows[: plan.base + need]
-            args = tuple(_per_row(a, plan.base, rows) for a in args[1:])
-            kwargs = {k: _per_row(v, plan.base, rows) for k, v in kwargs.items()}
+            rows = plan.base + need
+            args = tuple(_per_row(a, plan, rows) for a in args[1:])
+            kwargs = {k: _per_row(v, plan, rows) for k, v in kwargs.items()}
             if "hidden_states" in kwargs:
                 kwargs["hidden_states"] = hidden
                 return args, kwargs
@@ -358,13 +365,18 @@ class _Engine:
         return out.logits[:, -1], out.past_key_values
 
 
-def _per_row(value, base: int, rows: Tensor):
-    """A layer input indexed for the expanded batch: tensors (and tuples of them, like rotary
-    cos/sin) whose first dimension is the forward's batch; anything else as it is."""
+def _per_row(value, plan: _Plan, rows: int):
+    """A layer input indexed for the first `rows` rows of the expanded batch: tensors (and
+    tuples of them, like rotary cos/sin) whose first dimension is the forward's batch; anything
+    else as it is. The model passes every layer the same mask and phases, so each is expanded
+    once per forward (`plan.expanded`) and the layers take prefixes of it."""
     if isinstance(value, tuple):
-        return tuple(_per_row(v, base, rows) for v in value)
-    if isinstance(value, Tensor) and value.dim() >= 2 and value.shape[0] == base:
-        return value[rows.to(value.device)]
+        return tuple(_per_row(v, plan, rows) for v in value)
+    if isinstance(value, Tensor) and value.dim() >= 2 and value.shape[0] == plan.base:
+        seen = plan.expanded.get(id(value))
+        if seen is None or seen[0] is not value:
+            seen = plan.expanded[id(value)] = (value, value[plan.rows.to(value.device)])
+        return seen[1][:rows]
     return value
 
 
@@ -410,8 +422,8 @@ class _Decoder:
             max_new_tokens = max(lengths)
         self.max_new_tokens = max_new_tokens
         self.rows = {"patched": 0, "context": 0}
-        self.clean_cache = _cache(engine.pair.clean.config)
-        self.corrupt_cache = None if engine.shared else _cache(engine.pair.corrupt.config)
+        self.clean_cache = engine_cache(engine.pair.clean.config)
+        self.corrupt_cache = None if engine.shared else engine_cache(engine.pair.corrupt.config)
         self._prefill(distinct)
 
     @property
@@ -565,11 +577,6 @@ class _Decoder:
         flat["layer"], flat["head"] = self.layer.cpu()[flat["row"]], self.head.cpu()[flat["row"]]
         given = [tokens[self.order.index(i)] for i in range(len(tokens))]
         return flat, given
-
-
-def _cache(config) -> DynamicCache:
-    """The model's own cache (its sliding-window layers where the config has them)."""
-    return DynamicCache(config=config)
 
 
 def _select_rows(layer, index: Tensor) -> None:
