@@ -92,6 +92,8 @@ def build(args, kind: str):
     if args.shape == "zoo":
         from patchers.models import load_pair
 
+        if kind == "plain":  # the floor: the clean model alone, without peft's wrappers
+            return AutoModelForCausalLM.from_pretrained(zoo_dirs()[0]).eval(), None
         pair = load_pair(*zoo_dirs())
         return pair.clean, pair.corrupt
     torch.manual_seed(0)
@@ -113,17 +115,17 @@ def build(args, kind: str):
 
 
 def zoo_dirs() -> tuple[str, str]:
-    from harness.zoo import load_built, zoo_dir
+    from harness.zoo import find_built
 
-    built = load_built(zoo_dir())
+    built = find_built()
     return str(built.clean), str(built.corrupt)
 
 
 def zoo_missing() -> str | None:
     """Why the zoo row cannot run (checked before its workers start), or None."""
-    from harness.zoo import load_built, zoo_dir
+    from harness.zoo import find_built
 
-    if load_built(zoo_dir()) is None or not (ZOO_RUN / "eval" / "flagged.parquet").is_file():
+    if find_built() is None or not (ZOO_RUN / "eval" / "flagged.parquet").is_file():
         return f"needs the zoo and {ZOO_RUN / 'eval' / 'flagged.parquet'}: run `make demo` first"
     return None
 
@@ -187,7 +189,7 @@ def floor_runner(args, engine_cache: bool = False):
     from patchers.cache import engine_cache as growing
     from patchers.models import bare
 
-    clean, _ = build(args, "full")
+    clean, _ = build(args, "plain" if args.shape == "zoo" else "full")
     n_layers = clean.config.num_hidden_layers
     rows = [p for _ in range(n_layers) for p in prompts(args)]
 

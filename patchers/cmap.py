@@ -255,10 +255,14 @@ class _Engine:
             if not rows:
                 return None
             x = args[0][:rows]
-            delta = torch.matmul(torch.matmul(x.to(a.dtype), a.T), b.T)
+            if x.dtype != a.dtype:
+                x = x.to(a.dtype)
+            delta = torch.matmul(torch.matmul(x, a.T), b.T)
             if bias is not None:  # peft's lora_bias
                 delta = delta + bias
-            output[:rows] += (delta * scaling).to(output.dtype)
+            if delta.dtype != output.dtype:
+                delta = delta.to(output.dtype)
+            output[:rows].add_(delta, alpha=scaling)
             return output
 
         return hook
