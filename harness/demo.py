@@ -30,8 +30,15 @@ def run_demo(
     cfg = load_config(config, [f"output_dir={out}"])
     with run_logging(cfg.run_dir, verbose=verbose):
         from harness.zoo import build_zoo, load_built, zoo_dir
+        from harness.zoo.build import embedded_dir
 
-        how = "cached" if load_built(zoo_dir()) else "built"
+        how = (
+            "cached"
+            if load_built(zoo_dir())
+            else "unpacked from the package"
+            if load_built(embedded_dir())
+            else "built"
+        )
         with step("zoo", lambda: f"{how}: {zoo_dir()}"), training_progress():
             build_zoo(log=lambda text: log.info("zoo: %s", text))
         return run_pipeline(cfg, verbose=verbose)

@@ -16,12 +16,12 @@ def resolve(ref: str) -> str:
     """A loadable path or hub id for a config's model reference (``zoo:*`` must be built)."""
     if not ref.startswith(ZOO_PREFIX):
         return ref
-    from harness.zoo import load_built, zoo_dir
+    from harness.zoo import find_built
 
     name = ref.removeprefix(ZOO_PREFIX)
     if name not in ZOO_MODELS:
         raise HarnessError(f"unknown zoo model {ref!r}; known: zoo:clean, zoo:corrupt")
-    zoo = load_built(zoo_dir())
+    zoo = find_built()
     if zoo is None:
         raise HarnessError(f"{ref} is not built yet: run `harness zoo build` (a few minutes)")
     return str(getattr(zoo, name))

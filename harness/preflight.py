@@ -208,9 +208,9 @@ def _shape_of(ref: str) -> ModelShape | None:
     from harness.config import ZOO_PREFIX
 
     if ref.startswith(ZOO_PREFIX):
-        from harness.zoo import load_built, zoo_dir
+        from harness.zoo import find_built
 
-        built = load_built(zoo_dir())
+        built = find_built()
         name = ref.removeprefix(ZOO_PREFIX)
         if built is None or not hasattr(built, name):
             return None

@@ -3,6 +3,11 @@
 Everything is seeded and cached under a directory named by the hash of the recipe (and of the
 code version), so a build is reused until the recipe changes. A build is written to a temporary
 directory and renamed when complete: a killed build never looks finished.
+
+The package ships the current recipe's build (`harness/zoo/embedded/<digest>`, 4 MB): on these
+2 cores a build takes 15-35 minutes, more than a fresh clone's whole demo budget, so a fresh
+cache is filled from that copy in a second. `harness zoo build --force` rebuilds from the recipe
+(bit for bit on a machine like the one that embedded it) and `--embed` ships a new build.
 """
 
 from __future__ import annotations
@@ -217,6 +222,52 @@ def zoo_dir(recipe: ZooRecipe | None = None) -> Path:
     return cache_root() / (recipe or ZooRecipe()).digest()
 
 
+EMBEDDED = Path(__file__).with_name("embedded")
+
+
+def embedded_dir(recipe: ZooRecipe | None = None) -> Path:
+    """Where the package ships a recipe's build (present for the default recipe)."""
+    return EMBEDDED / (recipe or ZooRecipe()).digest()
+
+
+def find_built(recipe: ZooRecipe | None = None) -> ZooPaths | None:
+    """The recipe's build: cached, or the package's copy unpacked into the cache; None when
+    neither exists (`build_zoo` builds it)."""
+    recipe = recipe or ZooRecipe()
+    root = zoo_dir(recipe)
+    return load_built(root) or unpack_embedded(recipe, root)
+
+
+def unpack_embedded(recipe: ZooRecipe, root: Path) -> ZooPaths | None:
+    """Copy the shipped build of `recipe` to `root` (through a temporary directory, as a build
+    is written), its adapter pointed at the copied clean model."""
+    source = embedded_dir(recipe)
+    if load_built(source) is None:
+        return None
+    tmp = root.with_name(f"{root.name}.unpack-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    point_adapter_at(tmp / "corrupt", root / "clean")
+    try:
+        tmp.rename(root)
+    except OSError:  # another process unpacked it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return load_built(root)
+
+
+def embed(zoo: ZooPaths) -> Path:
+    """Ship a build with the package: copy what loading needs to `embedded/<digest>`, and drop
+    the copies of other recipes."""
+    target = EMBEDDED / zoo.root.name
+    shutil.rmtree(EMBEDDED, ignore_errors=True)
+    shutil.copytree(zoo.root, target, ignore=shutil.ignore_patterns(*NOT_EMBEDDED))
+    point_adapter_at(target / "corrupt", Path("../clean"))
+    return target
+
+
+NOT_EMBEDDED = ("checkpoints", "*.png", "*.parquet", "*.log", "finetune")
+
+
 def load_built(root: Path) -> ZooPaths | None:
     """The zoo at ``root`` if its build completed (the figures file is written last)."""
     try:
@@ -260,7 +311,7 @@ def build_zoo(recipe: ZooRecipe | None = None, force: bool = False, log=print) -
     """Build the zoo (or return the cached build) and measure its Table 2 figures."""
     recipe = recipe or ZooRecipe()
     root = zoo_dir(recipe)
-    built = None if force else load_built(root)
+    built = None if force else find_built(recipe)
     if built:
         return built
     tmp = root.with_name(root.name + ".tmp")

@@ -27,9 +27,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 
 def clean_model(tmp_path, chat_tokenizer) -> str:
-    from harness.zoo import load_built, zoo_dir
+    from harness.zoo import find_built
 
-    if load_built(zoo_dir()) is not None:
+    if find_built() is not None:
         return "zoo:clean"
     return str(save_tiny_qwen3(tmp_path / "clean", chat_tokenizer))
 
