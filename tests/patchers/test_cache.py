@@ -19,7 +19,7 @@ def _states(rows: int, columns: int, seed: int) -> tuple[torch.Tensor, torch.Ten
 
 def test_growing_layer_equals_dynamic_layer_through_updates_selections_and_replacement():
     ours, theirs = GrowingLayer(), DynamicLayer()
-    rows, steps = 5, 0
+    rows = 5
     for step, (columns, action) in enumerate(
         [(7, None), *[(1, None)] * (SPARE_COLUMNS + 10), (1, "select"), (1, "reorder"), (3, None)]
     ):
@@ -34,7 +34,6 @@ def test_growing_layer_equals_dynamic_layer_through_updates_selections_and_repla
             theirs.reorder_cache(order)
         keys, values = _states(rows, columns, step)
         got, want = ours.update(keys, values), theirs.update(keys, values)
-        steps += 1
         for a, b in zip(got, want, strict=True):
             assert a.shape == b.shape
             assert torch.equal(a, b)
