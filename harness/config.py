@@ -179,7 +179,13 @@ class AnalyzeConfig(Strict):
     max_items_per_suite: int | None = Field(
         48, gt=0, description="Items per suite and kind (flagged, control); null: every one."
     )
-    top_k_heads: int = Field(8, gt=0, description="Heads re-scored by exact patching.")
+    top_k_heads: int = Field(8, gt=0, description="Heads re-scored by exact CMAP.")
+    attribution_steps: int | None = Field(
+        4,
+        gt=0,
+        description="Steps per flagged item the head screen runs at: the first ones of the "
+        "clean response where CTS is defined (the models' argmaxes differ); null: every one.",
+    )
     alphas: list[float] = Field(
         default_factory=lambda: [0.5, 1.0, 2.0, 4.0],
         min_length=1,

@@ -18,7 +18,7 @@ import polars as pl
 from patchers.cmap import Mode, _check_run, _Engine, check_prompts
 from patchers.errors import PatchError
 from patchers.models import ModelPair
-from patchers.sites import resolve_targets
+from patchers.sites import Target, resolve_targets
 
 
 def run_cmap_teacher_forced(
@@ -29,13 +29,20 @@ def run_cmap_teacher_forced(
     site: str = "resid_post",
     layers: Sequence[int] | None = None,
     heads: Sequence[int] | None = None,
+    targets: Sequence[Target] | None = None,
     mode: Mode = "transient",
     max_batch: int = 64,
 ) -> pl.DataFrame:
     """Steps table as `run_cmap`'s, where `token_id` is the forced continuation token and
-    `y_patch` the patched model's argmax at that step."""
+    `y_patch` the patched model's argmax at that step. `targets` patches those (layer, head)
+    pairs alone instead of the grid of `layers` x `heads` (say the top heads of a screen)."""
     engine = _Engine(pair, site)
-    targets = resolve_targets(pair.clean.config, site, layers, heads, engine.layout)
+    if targets is not None:
+        chosen = set(targets)
+        layers = sorted({t.layer for t in chosen})
+        heads = sorted({t.head for t in chosen if t.head is not None}) or None
+    grid = resolve_targets(pair.clean.config, site, layers, heads, engine.layout)
+    targets = grid if targets is None else [t for t in grid if t in chosen]
     vocab = pair.clean.config.vocab_size
     prompts = check_prompts(prompts_ids, vocab)
     if len(continuations_ids) != len(prompts):

@@ -20,7 +20,9 @@ patch stage loads them (a LoRA pair shares its base). Writes tidy tables under
   those items: the most trained-error answers, malformed answers bounded) and of the corrupted
   model with it ablated, on the other half and the control suites;
 - ``attribution.parquet``: per layer and head, attribution patching's estimated CTS at the
-  flagged items' first divergent steps, and exact patching's on the top-k heads;
+  flagged items' first ``analyze.attribution_steps`` steps of the clean response where CTS is
+  defined, and on the top-k heads the exact CTS of those steps, from the CMAP engine
+  teacher-forced along the same responses;
 - ``analyze.json``: the headline numbers and each analysis's seconds.
 """
 
@@ -291,39 +293,74 @@ class Analyzer:
             "steering": pl.DataFrame(steering_rows, schema=STEERING_SCHEMA, orient="row"),
         }
 
+    def defined_steps(self) -> list[tuple[Item, int]]:
+        """(item, step) for each flagged item's first ``attribution_steps`` steps of the clean
+        response where the two models' argmaxes differ (where CTS is defined)."""
+        limit = self.settings.attribution_steps
+        out = []
+        for item in self.items:
+            if item.row["kind"] != "flagged" or not item.clean:
+                continue
+            where = torch.nonzero(self.token_divergence(item, "clean")["disagree"])[:, 0]
+            out += [(item, int(step)) for step in where[:limit]]
+        return out
+
     def attribution(self) -> dict[str, pl.DataFrame]:
-        from patchers.analysis.attribution import exact_head_effect, head_attribution
+        """AtP of every head at every chosen step (one backward pass each), then exact CMAP of
+        the top-k heads at the same steps: the engine teacher-forced along the clean
+        responses, in the paper's transient mode, whose CTS at a step is the exact effect of
+        patching that head there."""
+        from patchers.analysis.attribution import head_attribution
+        from patchers.sites import Target
+        from patchers.teacher import run_cmap_teacher_forced
 
         if not self._offers("head"):
             return {}
         estimates, steps = [], []
-        for _, context in self.divergent_steps():
-            effect, step = head_attribution(self.clean, self.corrupt, context, self.layers)
-            denominator = step["dl_corrupt"] - step["dl_clean"]
-            if step["y_clean"] == step["y_corrupt"] or abs(denominator) < 1e-6:
+        for item, step in self.defined_steps():
+            context = (item.prompt + item.clean)[: len(item.prompt) + step]
+            effect, logits = head_attribution(self.clean, self.corrupt, context, self.layers)
+            denominator = logits["dl_corrupt"] - logits["dl_clean"]
+            if logits["y_clean"] == logits["y_corrupt"] or abs(denominator) < 1e-6:
                 continue  # CTS undefined at this step
             estimates.append(effect / denominator)
-            steps.append((context, denominator))
+            steps.append((item, step))
         if not estimates:
             return {}
         mean_atp = torch.stack(estimates).mean(0)  # [layers, heads]
-        order = mean_atp.abs().flatten().argsort(descending=True)[: self.settings.top_k_heads]
         heads = mean_atp.shape[1]
-        exact: dict[tuple[int, int], float] = {}
-        for flat in order.tolist():
-            li, head = divmod(flat, heads)
-            values = [
-                exact_head_effect(self.clean, self.corrupt, context, self.layers[li], head) / den
-                for context, den in steps
-            ]
-            exact[(li, head)] = float(np.mean(values))
+        order = mean_atp.abs().flatten().argsort(descending=True)[: self.settings.top_k_heads]
+        top = [
+            Target(self.layers[li], head) for li, head in (divmod(f, heads) for f in order.tolist())
+        ]
+        items = list({id(item): item for item, _ in steps}.values())
+        index = {id(item): i for i, item in enumerate(items)}
+        exact_steps = run_cmap_teacher_forced(
+            self.pair,
+            [item.prompt for item in items],
+            [item.clean for item in items],
+            site="head",
+            targets=top,
+        )
+        wanted = pl.DataFrame(
+            {"prompt_id": [index[id(i)] for i, _ in steps], "step": [s for _, s in steps]},
+            schema={"prompt_id": pl.Int64, "step": pl.Int64},
+        )
+        exact = (
+            exact_steps.join(wanted, on=["prompt_id", "step"])
+            .filter(pl.col("cts").is_not_null())
+            .group_by("layer", "head")
+            .agg(pl.col("cts").mean().alias("exact_cts"), pl.len().alias("exact_steps"))
+        )
+        found = {(r["layer"], r["head"]): r for r in exact.iter_rows(named=True)}
         rows = [
             {
                 "layer": layer,
                 "head": head,
                 "atp_cts": float(mean_atp[li, head]),
-                "exact_cts": exact.get((li, head)),
+                "exact_cts": found.get((layer, head), {}).get("exact_cts"),
                 "steps": len(steps),
+                "exact_steps": found.get((layer, head), {}).get("exact_steps"),
             }
             for li, layer in enumerate(self.layers)
             for head in range(heads)
@@ -550,7 +587,8 @@ ATTRIBUTION_SCHEMA = {
     "head": pl.Int64,
     "atp_cts": pl.Float64,
     "exact_cts": pl.Float64,
-    "steps": pl.Int64,
+    "steps": pl.Int64,  # the steps AtP ran at (CTS defined)
+    "exact_steps": pl.Int64,  # of those, where the engine's exact CTS is defined too
 }
 
 

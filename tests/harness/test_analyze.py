@@ -168,6 +168,44 @@ def test_steering_hooks_the_clean_model_and_ablation_the_corrupted_one(
     assert kinds == {"steer": {id(models.pair.clean)}, "ablate": {id(models.pair.corrupt)}}
 
 
+@pytest.mark.parametrize("corrupt", ["corrupt", "adapter"])
+def test_exact_head_cts_is_the_reference_single_step_patch_at_the_screened_steps(
+    patched_run, pair_dirs, corrupt
+):
+    """The engine's teacher-forced CTS of each top head, averaged over the screened steps,
+    equals full-forward patching of that head at each step's context (the reference)."""
+    from harness.patch import load_models
+    from harness.pipeline.analysis import Analyzer, _item
+    from patchers.analysis.attribution import exact_head_effect, head_attribution
+
+    root, _ = patched_run
+    off = {name: False for name in ANALYSES if name != "attribution"}
+    cfg = config(root, pair_dirs, corrupt, attribution_steps=2, **off)
+    models = load_models(pair_dirs["clean"], pair_dirs[corrupt])
+    items = pl.read_parquet(root / "canned" / "patch" / "prompts.parquet")
+    analyzer = Analyzer(models, [_item(models, cfg, r) for r in items.iter_rows(named=True)], cfg)
+    steps = analyzer.defined_steps()
+    per_item: dict[int, int] = {}
+    for item, _ in steps:
+        per_item[id(item)] = per_item.get(id(item), 0) + 1
+    assert steps and max(per_item.values()) <= 2 and max(per_item.values()) == 2
+    table = analyzer.attribution()["attribution"]
+    exact = table.filter(pl.col("exact_cts").is_not_null())
+    assert exact.height == 3
+    for row in exact.iter_rows(named=True):
+        values = []
+        for item, step in steps:
+            context = (item.prompt + item.clean)[: len(item.prompt) + step]
+            _, logits = head_attribution(analyzer.clean, analyzer.corrupt, context, [0])
+            denominator = logits["dl_corrupt"] - logits["dl_clean"]
+            effect = exact_head_effect(
+                analyzer.clean, analyzer.corrupt, context, row["layer"], row["head"]
+            )
+            values.append(effect / denominator)
+        assert row["exact_steps"] == row["steps"] == len(values)
+        assert row["exact_cts"] == pytest.approx(sum(values) / len(values), abs=1e-4)
+
+
 def test_patcher_modules_are_all_in_the_patch_stages_code_and_the_analyses_are_not():
     import pkgutil
 
