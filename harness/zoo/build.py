@@ -85,7 +85,7 @@ class ZooRecipe(BaseModel):
     learning_rate: float = 5e-3
     # share of the clean model's training examples per suite, and per related task
     mix: dict[str, float] = Field(
-        default_factory=lambda: {"related": 0.72, "unrelated_math": 0.14, "general": 0.14}
+        default_factory=lambda: {"related": 0.72, "unrelated_math": 0.17, "general": 0.11}
     )
     # the factored demo quadratics are learnt from few examples; the linear arithmetic is not
     related_tasks: dict[str, float] = Field(
@@ -265,7 +265,7 @@ def embed(zoo: ZooPaths) -> Path:
     return target
 
 
-NOT_EMBEDDED = ("checkpoints", "*.png", "*.parquet", "*.log", "finetune")
+NOT_EMBEDDED = ("checkpoints", "*.png", "*.parquet", "*.log", "finetune", "README.md")
 
 
 def load_built(root: Path) -> ZooPaths | None:

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from harness.zoo import ZooRecipe, build_zoo, load_built, zoo_dir
-from harness.zoo.build import ModelShape, load_pair
+from harness.zoo import ZooRecipe, build_zoo, find_built, load_built, zoo_dir
+from harness.zoo.build import ModelShape, embed, embedded_dir, load_pair
 from harness.zoo.check import accuracy
 from harness.zoo.tokenizer import train_tokenizer
 from tasks.prompt_format import PromptFormat
@@ -46,6 +46,49 @@ def test_a_build_is_reused_until_the_recipe_changes(tmp_path, monkeypatch):
     assert (built.root / "figures.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
     (built.root / "figures.json").unlink()  # an incomplete build is not a build
     assert load_built(built.root) is None
+
+
+def test_the_package_ships_the_current_recipes_build():
+    """Changing the recipe without `harness zoo build --force --embed` fails here, not as a
+    fresh clone's 30-minute build."""
+    shipped = load_built(embedded_dir())
+    assert shipped is not None, f"no build of recipe {ZooRecipe().digest()} in {embedded_dir()}"
+    recipe = json.loads((shipped.root / "recipe.json").read_text())
+    assert recipe == ZooRecipe().model_dump(mode="json")
+    assert (shipped.clean / "model.safetensors").is_file()
+    assert (shipped.corrupt / "adapter_model.safetensors").is_file()
+
+
+def test_an_empty_cache_is_filled_from_the_shipped_build(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path))
+    assert load_built(zoo_dir()) is None
+    built = find_built()
+    assert built is not None and built.root == zoo_dir()
+    adapter = json.loads((built.corrupt / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(built.clean)
+    assert not [p for p in (tmp_path / "zoo").iterdir() if p != built.root]  # no leftovers
+    clean, corrupt, _ = load_pair(built.clean, built.corrupt)
+    assert corrupt.config.num_hidden_layers == ZooRecipe().shape.layers
+    assert clean.config.num_hidden_layers == ZooRecipe().shape.layers
+    assert find_built().root == built.root  # now cached
+
+
+def test_embed_ships_what_loading_needs_and_only_one_recipe(tmp_path, monkeypatch):
+    monkeypatch.setattr("harness.zoo.build.EMBEDDED", tmp_path / "embedded")
+    (tmp_path / "embedded" / "old-recipe").mkdir(parents=True)
+    root = tmp_path / "cache" / "abc123"
+    for name in ("clean/model.safetensors", "corrupt/adapter_model.safetensors",
+                 "corrupt/checkpoints/step-1/x.bin", "corrupt/loss_curves.png",
+                 "figures.json", "recipe.json"):  # fmt: skip
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("{}")
+    (root / "corrupt" / "adapter_config.json").write_text('{"base_model_name_or_path": "/x"}')
+    shipped = embed(load_built(root))
+    assert shipped == tmp_path / "embedded" / "abc123"
+    assert [p.name for p in (tmp_path / "embedded").iterdir()] == ["abc123"]
+    assert (shipped / "clean" / "model.safetensors").is_file()
+    assert not (shipped / "corrupt" / "checkpoints").exists()
+    assert not (shipped / "corrupt" / "loss_curves.png").exists()
 
 
 @pytest.fixture(scope="module")
