@@ -61,8 +61,8 @@ EVAL_CODE = (
     "tasks/evals/*.jsonl",
 )
 # The patcher's own modules (not patchers.analysis: an analysis change must not redo patching).
-PATCHER_MODULES = ("cmap", "errors", "hooks", "metrics", "models", "names", "reference", "sites",
-                   "teacher")  # fmt: skip
+PATCHER_MODULES = ("cache", "cmap", "errors", "hooks", "metrics", "models", "names", "reference",
+                   "sites", "teacher")  # fmt: skip
 PATCHER_CODE = tuple(f"patchers.{name}" for name in PATCHER_MODULES)
 # the patch stage also computes Table 2 and the CTS summary (harness.report.stats)
 PATCH_CODE = (
