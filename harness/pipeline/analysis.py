@@ -110,15 +110,21 @@ class Analyzer:
         """Each flagged item's context at its first divergent step: the prompt and the clean
         response up to the first position where the two models' argmaxes differ."""
         if self._steps is None:
-            self._steps = []
-            for item in self.items:
-                if item.row["kind"] != "flagged" or not item.clean:
-                    continue
-                where = torch.nonzero(self.token_divergence(item, "clean")["disagree"])
-                if len(where):
-                    cut = len(item.prompt) + int(where[0, 0])
-                    self._steps.append((item, (item.prompt + item.clean)[:cut]))
+            self._steps = [
+                (item, item.prompt + item.clean[:step]) for item, step in self._disagreeing(1)
+            ]
         return self._steps
+
+    def _disagreeing(self, limit: int | None) -> list[tuple[Item, int]]:
+        """(item, step) for each flagged item's first `limit` steps of the clean response
+        where the two models' argmaxes differ (None: every one)."""
+        out = []
+        for item in self.items:
+            if item.row["kind"] != "flagged" or not item.clean:
+                continue
+            where = torch.nonzero(self.token_divergence(item, "clean")["disagree"])[:, 0]
+            out += [(item, int(step)) for step in where[:limit]]
+        return out
 
     # -- analyses --------------------------------------------------------------------------
 
@@ -296,14 +302,7 @@ class Analyzer:
     def defined_steps(self) -> list[tuple[Item, int]]:
         """(item, step) for each flagged item's first ``attribution_steps`` steps of the clean
         response where the two models' argmaxes differ (where CTS is defined)."""
-        limit = self.settings.attribution_steps
-        out = []
-        for item in self.items:
-            if item.row["kind"] != "flagged" or not item.clean:
-                continue
-            where = torch.nonzero(self.token_divergence(item, "clean")["disagree"])[:, 0]
-            out += [(item, int(step)) for step in where[:limit]]
-        return out
+        return self._disagreeing(self.settings.attribution_steps)
 
     def attribution(self) -> dict[str, pl.DataFrame]:
         """AtP of every head at every chosen step (one backward pass each), then exact CMAP of
@@ -318,7 +317,7 @@ class Analyzer:
             return {}
         estimates, steps = [], []
         for item, step in self.defined_steps():
-            context = (item.prompt + item.clean)[: len(item.prompt) + step]
+            context = item.prompt + item.clean[:step]
             effect, logits = head_attribution(self.clean, self.corrupt, context, self.layers)
             denominator = logits["dl_corrupt"] - logits["dl_clean"]
             if logits["y_clean"] == logits["y_corrupt"] or abs(denominator) < 1e-6:
