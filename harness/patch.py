@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -299,12 +300,16 @@ def greedy_generations(
     max_new_tokens: int,
     eos: frozenset[int],
     batch_size: int = 32,
+    within: Callable[[list[int]], AbstractContextManager] | None = None,
 ) -> list[list[int]]:
     """A model's own greedy generation per prompt: its Hugging Face forward with a KV cache.
 
     A plain argmax loop, not ``generate``: a model's ``generation_config`` (repetition penalty,
     suppressed tokens) would otherwise change what "greedy" means. Each generation ends at the
     first end-of-sequence token (kept, as the patcher keeps it) or at ``max_new_tokens``.
+    ``within(prompt indices)`` wraps the decoding of each batch of those prompts (per-row
+    interventions: the batch's rows are those prompts, in that order); what it yields, if not
+    None, is called with the rows kept whenever finished generations leave the batch.
     """
     import torch
 
@@ -322,45 +327,70 @@ def greedy_generations(
                 ids[row, width - len(prompt_ids[i]) :] = torch.tensor(prompt_ids[i])
                 mask[row, width - len(prompt_ids[i]) :] = 1
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            output = model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True
-            )
-            tokens: list[list[int]] = [[] for _ in chunk]
-            done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
-            for step in range(max_new_tokens):
-                next_ids = output.logits[:, -1].float().argmax(-1)
-                for row in (~done).nonzero()[:, 0].tolist():
-                    tokens[row].append(int(next_ids[row]))
-                done |= torch.isin(next_ids, stop)
-                if bool(done.all()) or step + 1 == max_new_tokens:
-                    break
-                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-                positions = positions[:, -1:] + 1
-                output = model(
-                    input_ids=next_ids[:, None],
-                    attention_mask=mask,
-                    position_ids=positions,
-                    past_key_values=output.past_key_values,
-                    use_cache=True,
-                )
-            out.update(zip(chunk, tokens, strict=True))
+            with within(chunk) if within else nullcontext() as narrow:
+                out.update(zip(chunk, _decode(model, ids, mask, positions, max_new_tokens, stop,
+                                              narrow), strict=True))  # fmt: skip
     return [out[i] for i in range(len(prompt_ids))]
 
 
-def clean_greedy(models: LoadedModels, prompt_ids, max_new_tokens: int) -> list[list[int]]:
-    """The clean model's greedy generations (an attached corrupting adapter switched off)."""
+def _decode(model, ids, mask, positions, max_new_tokens: int, stop, narrow=None) -> list[list[int]]:
+    """Greedy tokens of a left-padded batch until each row's end token or the limit. A row
+    leaves the batch when it ends (its cache rows with it; `narrow(kept rows)` is told)."""
+    import torch
+
+    from patchers.cache import engine_cache
+
+    cache = engine_cache(model.config)
+    output = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                   past_key_values=cache, use_cache=True)  # fmt: skip
+    tokens: list[list[int]] = [[] for _ in range(len(ids))]
+    live = list(range(len(ids)))  # the batch's rows, as rows of `ids`
+    for step in range(max_new_tokens):
+        next_ids = output.logits[:, -1].float().argmax(-1)
+        for row, token in zip(live, next_ids.tolist(), strict=True):
+            tokens[row].append(token)
+        going = ~torch.isin(next_ids, stop)
+        if not bool(going.any()) or step + 1 == max_new_tokens:
+            break
+        if not bool(going.all()):
+            kept = going.nonzero()[:, 0]
+            cache.batch_select_indices(kept)
+            live = [live[i] for i in kept.tolist()]
+            mask, positions, next_ids = mask[kept], positions[kept], next_ids[kept]
+            if narrow is not None:
+                narrow(kept)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        positions = positions[:, -1:] + 1
+        output = model(
+            input_ids=next_ids[:, None],
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        )
+    return tokens
+
+
+def clean_greedy(
+    models: LoadedModels, prompt_ids, max_new_tokens: int, **options: Any
+) -> list[list[int]]:
+    """The clean model's greedy generations (an attached corrupting adapter switched off);
+    `options` are ``greedy_generations``'s."""
     from peft import PeftModel
 
-    corrupt = models.pair.corrupt
-    if isinstance(corrupt, PeftModel):
-        with corrupt.disable_adapter():
-            return greedy_generations(models.pair.clean, prompt_ids, max_new_tokens, models.eos)
-    return greedy_generations(models.pair.clean, prompt_ids, max_new_tokens, models.eos)
+    corrupt, clean = models.pair.corrupt, models.pair.clean
+    off = corrupt.disable_adapter() if isinstance(corrupt, PeftModel) else nullcontext()
+    with off:
+        return greedy_generations(clean, prompt_ids, max_new_tokens, models.eos, **options)
 
 
-def corrupt_greedy(models: LoadedModels, prompt_ids, max_new_tokens: int) -> list[list[int]]:
+def corrupt_greedy(
+    models: LoadedModels, prompt_ids, max_new_tokens: int, **options: Any
+) -> list[list[int]]:
     """The corrupted model's greedy generations (the adapter on, where it is one)."""
-    return greedy_generations(models.pair.corrupt, prompt_ids, max_new_tokens, models.eos)
+    return greedy_generations(
+        models.pair.corrupt, prompt_ids, max_new_tokens, models.eos, **options
+    )
 
 
 def identity_pair(pair: ModelPair) -> ModelPair:

@@ -21,10 +21,16 @@ from patchers.models import input_device
 
 @dataclass
 class Side:
-    """A model to hook (`module`) and how to get its logits for ids [1, T] (`forward`)."""
+    """A model to hook (`module`) and how to get its logits [B, T, vocab] for ids [B, T]
+    (`batch_logits`, keyword arguments passed to the model's forward) as that model (a LoRA
+    pair's adapter off for the clean side)."""
 
     module: nn.Module
-    forward: Callable[[Tensor], Tensor]
+    batch_logits: Callable[..., Tensor]
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """Logits [T, vocab] of ids [1, T]."""
+        return self.batch_logits(ids)[0]
 
 
 def pair_sides(pair) -> tuple[Side, Side]:
@@ -38,21 +44,21 @@ def full_model_side(model: nn.Module) -> Side:
     """A model run as itself (any adapter layers peft attached to it switched off)."""
     from patchers.models import bare
 
-    def forward(ids: Tensor) -> Tensor:
+    def logits(ids: Tensor, **kwargs) -> Tensor:
         with bare(model):
-            return model(input_ids=ids, use_cache=False).logits[0]
+            return model(input_ids=ids, use_cache=False, **kwargs).logits
 
-    return Side(model, forward)
+    return Side(model, logits)
 
 
 def adapter_sides(peft_model) -> tuple[Side, Side]:
     """(clean, corrupted) views of a PeftModel: adapter disabled, adapter enabled."""
 
-    def clean_forward(ids: Tensor) -> Tensor:
+    def clean_logits(ids: Tensor, **kwargs) -> Tensor:
         with peft_model.disable_adapter():
-            return peft_model(input_ids=ids, use_cache=False).logits[0]
+            return peft_model(input_ids=ids, use_cache=False, **kwargs).logits
 
-    return Side(peft_model, clean_forward), full_model_side(peft_model)
+    return Side(peft_model, clean_logits), full_model_side(peft_model)
 
 
 def three_logits(

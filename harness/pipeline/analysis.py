@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +51,7 @@ RELATED = "related"
 # ablation, and items each steering strength is tried on
 SCORED_CONTROLS = 16
 SEARCHED_ITEMS = 8
+GENERATION_BATCH = 128  # rows per steered or ablated decoding (a Qwen3-4B KV cache: ~11 GB)
 
 
 @dataclass
@@ -246,9 +247,10 @@ class Analyzer:
         """Directions from half of the flagged related items, at the step where the models
         part (the last position of its context: a mean over every token would dilute what
         the fine-tune changed into what it left alone); `alpha` searched on those items;
-        steering and ablation scored on the other half and on each control suite's items."""
+        steering and ablation scored on the other half and on each control suite's items.
+        Every layer's generations of one model and phase decode as one batch."""
         from patchers.analysis.activations import recorded
-        from patchers.analysis.directions import ablation, direction_tokens, mean_difference
+        from patchers.analysis.directions import Edit, direction_tokens, mean_difference
 
         related = [(i, c) for i, c in self.divergent_steps() if i.row["suite"] == RELATED]
         if len(related) < 4:
@@ -259,8 +261,11 @@ class Analyzer:
             return recorded(side, context, "resid_post", self.layers)[1]
 
         at_fit = [(last(self.clean, c), last(self.corrupt, c)) for _, c in fit]
-        clean = {la: torch.stack([a[la][-1] for a, _ in at_fit]) for la in self.layers}
-        corrupt = {la: torch.stack([b[la][-1] for _, b in at_fit]) for la in self.layers}
+        direction = {
+            la: mean_difference(torch.stack([a[la][-1] for a, _ in at_fit]),
+                                torch.stack([b[la][-1] for _, b in at_fit]))
+            for la in self.layers
+        }  # fmt: skip
         controls = [
             item
             for suite in sorted({i.row["suite"] for i in self.items} - {RELATED})
@@ -268,35 +273,42 @@ class Analyzer:
                 i for i in self.items if i.row["kind"] == "control" and i.row["suite"] == suite
             ][:SCORED_CONTROLS]
         ]
-        direction_rows, steering_rows = [], []
-        for layer in self.layers:
-            direction = mean_difference(clean[layer], corrupt[layer])
-            tokens = direction_tokens(self.pair.clean, direction, k=10)
-            direction_rows.append(
-                {
-                    "layer": layer,
-                    "norm": float(direction.norm()),
-                    "top_tokens": self.decode(pl.Series(tokens)).to_list(),
-                    "fit_items": len(fit),
-                }
-            )
-            fit_items = [item for item, _ in fit]
-            alpha, tried = self._alpha(layer, direction, fit_items)
-            steering_rows += [r | {"chosen": r["alpha"] == alpha} for r in tried]
-            steer = lambda d=direction, a=alpha, la=layer: self._steer(la, d, a)  # noqa: E731
-            ablate = lambda d=direction, la=layer: ablation(self.pair.corrupt, la, d)  # noqa: E731
-            # ablation on the fitting items too, so the headline picks its layer off them
-            scored = [("ablate", "search", fit_items[:SEARCHED_ITEMS])]
-            scored += [(what, name, items) for name, items in
-                       (("held_out", held_out), ("control", controls)) if items
-                       for what in ("steer", "ablate")]  # fmt: skip
-            for what, name, items in scored:
-                model, intervention = ("clean", steer) if what == "steer" else ("corrupt", ablate)
-                steering_rows += tagged(self.score(items, model, intervention),
-                                        layer, what, alpha, name, chosen=True)  # fmt: skip
+        search = [item for item, _ in fit][:SEARCHED_ITEMS]
+        scored_sets = [(name, items) for name, items in
+                       (("held_out", held_out), ("control", controls)) if items]  # fmt: skip
+        alphas = sorted(self.settings.alphas)
+        # the search, and every ablation (on the searched items too, so the headline picks
+        # its layer off them), need no chosen alpha: one batch per model
+        searched = self.score_edits("clean", [
+            (search, Edit.steer(la, direction[la], alpha), tag(la, "steer", alpha, "search"))
+            for la in self.layers for alpha in alphas
+        ])  # fmt: skip
+        ablated = self.score_edits("corrupt", [
+            (items, Edit.ablate(la, direction[la]), tag(la, "ablate", None, name))
+            for la in self.layers for name, items in [("search", search), *scored_sets]
+        ])  # fmt: skip
+        chosen = {la: self._alpha(searched, la) for la in self.layers}
+        steered = self.score_edits("clean", [
+            (items, Edit.steer(la, direction[la], chosen[la]),
+             tag(la, "steer", chosen[la], name))
+            for la in self.layers for name, items in scored_sets
+        ])  # fmt: skip
+        rows = [r | {"chosen": r["alpha"] == chosen[r["layer"]]} for r in searched]
+        rows += [r | {"chosen": True} for r in ablated + steered]
+        direction_rows = [
+            {
+                "layer": la,
+                "norm": float(direction[la].norm()),
+                "top_tokens": self.decode(
+                    pl.Series(direction_tokens(self.pair.clean, direction[la], k=10))
+                ).to_list(),
+                "fit_items": len(fit),
+            }
+            for la in self.layers
+        ]
         return {
             "directions": pl.DataFrame(direction_rows, schema=DIRECTION_SCHEMA, orient="row"),
-            "steering": pl.DataFrame(steering_rows, schema=STEERING_SCHEMA, orient="row"),
+            "steering": pl.DataFrame(rows, schema=STEERING_SCHEMA, orient="row"),
         }
 
     def defined_steps(self) -> list[tuple[Item, int]]:
@@ -309,21 +321,28 @@ class Analyzer:
         the top-k heads at the same steps: the engine teacher-forced along the clean
         responses, in the paper's transient mode, whose CTS at a step is the exact effect of
         patching that head there."""
-        from patchers.analysis.attribution import head_attribution
+        from patchers.analysis.attribution import head_attributions
         from patchers.sites import Target
         from patchers.teacher import run_cmap_teacher_forced
 
         if not self._offers("head"):
             return {}
-        estimates, steps = [], []
+        by_item: dict[int, tuple[Item, list[int]]] = {}
         for item, step in self.defined_steps():
-            context = item.prompt + item.clean[:step]
-            effect, logits = head_attribution(self.clean, self.corrupt, context, self.layers)
-            denominator = logits["dl_corrupt"] - logits["dl_clean"]
-            if logits["y_clean"] == logits["y_corrupt"] or abs(denominator) < 1e-6:
-                continue  # CTS undefined at this step
-            estimates.append(effect / denominator)
-            steps.append((item, step))
+            by_item.setdefault(id(item), (item, []))[1].append(step)
+        estimates, steps = [], []
+        for item, item_steps in by_item.values():
+            # the steps of one response in one pass: step s predicts clean[s] from position
+            # len(prompt) + s - 1 of the teacher-forced sequence
+            ids = item.prompt + item.clean[: max(item_steps)]
+            positions = [len(item.prompt) + s - 1 for s in item_steps]
+            found = head_attributions(self.clean, self.corrupt, ids, positions, self.layers)
+            for step, (effect, logits) in zip(item_steps, found, strict=True):
+                denominator = logits["dl_corrupt"] - logits["dl_clean"]
+                if logits["y_clean"] == logits["y_corrupt"] or abs(denominator) < 1e-6:
+                    continue  # CTS undefined at this step
+                estimates.append(effect / denominator)
+                steps.append((item, step))
         if not estimates:
             return {}
         mean_atp = torch.stack(estimates).mean(0)  # [layers, heads]
@@ -429,44 +448,40 @@ class Analyzer:
             }
         return self._acts[site]
 
-    def _steer(self, layer: int, direction: torch.Tensor, alpha: float):
-        """Steering of the clean model (a LoRA pair's base, the adapter off while it runs)."""
-        from patchers.analysis.directions import steering
-
-        return steering(self.pair.clean, layer, direction, alpha)
-
-    def _alpha(self, layer: int, direction, items: list[Item]) -> tuple[float, list[dict]]:
-        """The steering strength to score: among those whose incoherent share (malformed,
-        truncated or unscored answers) stays within ``max_malformed``, the one with the most
-        trained-error answers (the corruption's signature, not mere damage), the strongest on
-        a tie; alpha 0 when none qualifies. The tried settings are returned as rows."""
-        best, best_key, tried = 0.0, None, []
-        search = items[:SEARCHED_ITEMS]
-        for alpha in sorted(self.settings.alphas):
-            scored = self.score(search, "clean", lambda a=alpha: self._steer(layer, direction, a))
-            incoherent = np.mean([incoherent_answer(r) for r in scored])
-            trained = np.mean([r["fidelity"] == "trained_error" for r in scored])
-            tried += tagged(scored, layer, "steer", alpha, "search", chosen=False)
-            key = (trained, alpha)
+    def _alpha(self, searched: list[dict], layer: int) -> float:
+        """The steering strength to score at `layer`: among those whose incoherent share
+        (malformed, truncated or unscored answers) stays within ``max_malformed``, the one
+        with the most trained-error answers (the corruption's signature, not mere damage),
+        the strongest on a tie; alpha 0 when none qualifies."""
+        best, best_key = 0.0, None
+        for alpha in sorted({r["alpha"] for r in searched if r["layer"] == layer}):
+            rows = [r for r in searched if r["layer"] == layer and r["alpha"] == alpha]
+            incoherent = np.mean([incoherent_answer(r) for r in rows])
+            key = (np.mean([r["fidelity"] == "trained_error" for r in rows]), alpha)
             if incoherent <= self.settings.max_malformed and (best_key is None or key > best_key):
                 best, best_key = alpha, key
-        return best, tried
+        return best
 
-    def score(
-        self, items: Sequence[Item], model: str, intervention: Callable[[], AbstractContextManager]
-    ) -> list[dict]:
-        """Greedy generations of one model under an intervention, judged by the suite checker
-        (and classed by fidelity where the item has error patterns)."""
+    def score_edits(self, model: str, jobs: Sequence[tuple[Sequence[Item], Any, dict]]
+                    ) -> list[dict]:  # fmt: skip
+        """Greedy generations of one model, each job's items under its ``Edit`` (one batched
+        decoding for all of them), judged by the suite checker (and classed by fidelity where
+        the item has error patterns); each row tagged with its job's setting."""
         from harness.pipeline.patching import aliases_for, judge
         from harness.records import correct_of
+        from patchers.analysis.directions import row_edits
         from tasks.fidelity import classify
 
         level = self.cfg.eval.level
         limit = self.settings.max_new_tokens or self.cfg.eval.max_new_tokens
-        with intervention():
-            texts = self._generate([i.prompt for i in items], model, limit)
+        flat = [(item, edit, setting) for items, edit, setting in jobs for item in items]
+        side = self.pair.clean if model == "clean" else self.pair.corrupt
+        texts = self._generate(
+            [item.prompt for item, _, _ in flat], model, limit,
+            within=lambda chunk: row_edits(side, [flat[i][1] for i in chunk]),
+        )  # fmt: skip
         rows = []
-        for item, (text, finish) in zip(items, texts, strict=True):
+        for (item, _, setting), (text, finish) in zip(flat, texts, strict=True):
             row = item.row
             verdict = (
                 "truncated"
@@ -478,6 +493,7 @@ class Analyzer:
             rows.append(
                 item.key
                 | {"verdict": verdict, "correct": correct_of(verdict), "fidelity": fidelity}
+                | setting
             )
         return rows
 
@@ -489,14 +505,17 @@ class Analyzer:
             return nullcontext()
         return self.pair.corrupt.disable_adapter() if self.pair.adapter else bare(self.pair.clean)
 
-    def _generate(self, prompts: list[list[int]], model: str, limit: int) -> list[tuple[str, str]]:
+    def _generate(
+        self, prompts: list[list[int]], model: str, limit: int, within=None
+    ) -> list[tuple[str, str]]:
         """(text, finish reason) of the model's greedy generations (``harness.patch``'s
         argmax loop, as the patch stage's checks run it)."""
         from harness.patch import clean_greedy, corrupt_greedy
 
         greedy = clean_greedy if model == "clean" else corrupt_greedy
         out = []
-        for tokens in greedy(self.models, prompts, limit):
+        for tokens in greedy(self.models, prompts, limit, within=within,
+                             batch_size=GENERATION_BATCH):  # fmt: skip
             ended = bool(tokens) and tokens[-1] in self.models.eos
             text = self.models.tokenizer.decode(tokens[:-1] if ended else tokens,
                                                 skip_special_tokens=True)  # fmt: skip
@@ -504,12 +523,9 @@ class Analyzer:
         return out
 
 
-def tagged(rows: list[dict], layer: int, intervention: str, alpha: float, items: str,
-           chosen: bool) -> list[dict]:  # fmt: skip
-    """Scored rows of ``steering.parquet`` with the setting that produced them."""
-    setting = {"layer": layer, "intervention": intervention, "alpha": alpha, "items": items,
-               "chosen": chosen}  # fmt: skip
-    return [row | setting for row in rows]
+def tag(layer: int, intervention: str, alpha: float | None, items: str) -> dict[str, Any]:
+    """The setting of a ``steering.parquet`` row (``chosen`` is added once alphas are)."""
+    return {"layer": layer, "intervention": intervention, "alpha": alpha, "items": items}
 
 
 def incoherent_answer(row: dict) -> bool:

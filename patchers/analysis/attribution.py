@@ -27,9 +27,24 @@ def head_attribution(
 ) -> tuple[Tensor, dict[str, float]]:
     """Estimated change of `dl` [layers, heads] from patching each head at the last position,
     and the step's `y_clean`, `y_corrupt`, `dl_clean`, `dl_corrupt`."""
+    return head_attributions(clean, corrupt, ids, [len(ids) - 1], layers)[0]
+
+
+def head_attributions(
+    clean: Side, corrupt: Side, ids: Sequence[int], positions: Sequence[int],
+    layers: Sequence[int],
+) -> list[tuple[Tensor, dict[str, float]]]:  # fmt: skip
+    """`head_attribution` at several steps of one teacher-forced sequence: for each position p,
+    the step whose context is ``ids[: p + 1]``. One forward of the corrupted model, and one
+    batched forward and backward of the clean one whose row r carries step r's loss (the
+    model is causal, so a row's positions after p change nothing at p)."""
+    if not positions or not all(0 <= p < len(ids) for p in positions):
+        raise ValueError(f"positions must lie in 0..{len(ids) - 1}, got {list(positions)}")
     corrupt_logits, corrupt_heads = recorded(corrupt, ids, "head", layers)
-    y_corrupt = int(corrupt_logits[-1].argmax())
-    batch = torch.tensor([list(ids)], device=input_device(clean.module))
+    at = torch.tensor(list(positions), device=corrupt_logits.device)
+    y_corrupt = corrupt_logits[at].float().argmax(-1)
+    rows = torch.arange(len(positions), device=at.device)
+    batch = torch.tensor([list(ids)] * len(positions), device=input_device(clean.module))
     clean_heads: dict[int, Tensor] = {}
     deltas: dict[int, Tensor] = {}
 
@@ -44,23 +59,34 @@ def head_attribution(
     with torch.enable_grad(), ExitStack() as stack:
         for layer in layers:
             stack.enter_context(attach(clean.module, "head", layer, grad_through(layer)))
-        logits = clean.forward(batch)[-1].float()
-        y_clean = int(logits.argmax())
-        dl = logits[y_corrupt] - logits[y_clean]
-        grads = torch.autograd.grad(dl, [deltas[layer] for layer in layers], allow_unused=True)
+        # only the steps' positions through the unembedding: [steps, steps, vocab]
+        kept = clean.batch_logits(batch, logits_to_keep=at.to(batch.device))
+        logits = kept[rows, rows].float()
+        y_clean = logits.argmax(-1)
+        dl = logits[rows, y_corrupt] - logits[rows, y_clean]
+        grads = torch.autograd.grad(
+            dl.sum(), [deltas[layer] for layer in layers], allow_unused=True
+        )
     estimates = []
     for layer, grad in zip(layers, grads, strict=True):
-        change = corrupt_heads[layer][-1] - clean_heads[layer][0, -1]  # [heads, head_dim]
-        grad = torch.zeros_like(change) if grad is None else grad[0, -1]
+        change = corrupt_heads[layer][at] - clean_heads[layer][rows, at]  # [steps, heads, dim]
+        grad = torch.zeros_like(change) if grad is None else grad[rows, at]
         estimates.append((change.float() * grad.float()).sum(-1))
-    corrupt_last = corrupt_logits[-1].float()
-    step = {
-        "y_clean": y_clean,
-        "y_corrupt": y_corrupt,
-        "dl_clean": float(dl.detach()),
-        "dl_corrupt": float(corrupt_last[y_corrupt] - corrupt_last[y_clean]),
-    }
-    return torch.stack(estimates).cpu(), step
+    effects = torch.stack(estimates, 1).cpu()  # [steps, layers, heads]
+    corrupt_at = corrupt_logits[at].float()
+    dl_corrupt = corrupt_at[rows, y_corrupt] - corrupt_at[rows, y_clean]
+    return [
+        (
+            effects[r],
+            {
+                "y_clean": int(y_clean[r]),
+                "y_corrupt": int(y_corrupt[r]),
+                "dl_clean": float(dl[r].detach()),
+                "dl_corrupt": float(dl_corrupt[r]),
+            },
+        )
+        for r in range(len(positions))
+    ]
 
 
 @torch.no_grad()

@@ -3,12 +3,15 @@
 The direction of a layer is the mean of `h_corrupt - h_clean` over the same contexts: what the
 fine-tune added to that layer's output. Steering adds `alpha * direction` to the clean model's
 layer output at every position; ablation projects the direction out of the corrupted model's.
+`row_edits` does either per row of a batch, so that every layer's and every strength's
+generations share one batched decoding instead of one decoding each.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -53,6 +56,78 @@ def ablation(
 
     with attach(model, site, layer, project_out):
         yield
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One batch row's intervention at one layer's site: add `add` (steering), and/or project
+    out the direction `remove` (ablation)."""
+
+    layer: int
+    add: Tensor | None = None
+    remove: Tensor | None = None
+
+    @classmethod
+    def steer(cls, layer: int, direction: Tensor, alpha: float) -> Edit:
+        return cls(layer, add=alpha * direction)
+
+    @classmethod
+    def ablate(cls, layer: int, direction: Tensor) -> Edit:
+        return cls(layer, remove=direction)
+
+
+@contextmanager
+def row_edits(
+    model: nn.Module, edits: Sequence[Edit | None], site: str = "resid_post"
+) -> Iterator[Callable[[Tensor], None]]:
+    """Every forward inside the block applies `edits[i]` to row i of its batch (None: the row
+    is left alone; a zero vector changes nothing, so untouched rows are exactly the model's).
+    The batch must have one row per edit; yields `keep(rows)`, which a caller that drops
+    batch rows (finished generations) calls with the rows it keeps."""
+    vectors: dict[int, list[Tensor | None]] = {}  # layer -> [add, unit], rows of edits
+    for layer in sorted({edit.layer for edit in edits if edit is not None}):
+        here = [edit if edit is not None and edit.layer == layer else None for edit in edits]
+        vectors[layer] = [_rows(here, "add", normalise=False),
+                          _rows(here, "remove", normalise=True)]  # fmt: skip
+
+    def keep(rows: Tensor) -> None:
+        for pair in vectors.values():
+            pair[:] = [None if v is None else v[rows.to(v.device)] for v in pair]
+
+    def edit(layer: int):
+        def fn(activation: Tensor) -> Tensor:
+            add, unit = vectors[layer]
+            rows = len(add if add is not None else unit)
+            if activation.shape[0] != rows:
+                raise ValueError(f"row_edits has {rows} rows, the batch {activation.shape[0]}")
+            if unit is not None:
+                u = unit.to(activation.device, activation.dtype)[:, None]
+                activation = activation - (activation * u).sum(-1, keepdim=True) * u
+            if add is not None:
+                activation = activation + add.to(activation.device, activation.dtype)[:, None]
+            return activation
+
+        return fn
+
+    with ExitStack() as stack:
+        for layer in vectors:
+            stack.enter_context(attach(model, site, layer, edit(layer)))
+        yield keep
+
+
+def _rows(edits: Sequence[Edit | None], field: str, normalise: bool) -> Tensor | None:
+    """[rows, d_model] of the edits' vectors (zero where a row has none), or None if no row
+    has one."""
+    vectors = [getattr(edit, field) if edit is not None else None for edit in edits]
+    present = [v for v in vectors if v is not None]
+    if not present:
+        return None
+    out = torch.zeros(len(vectors), present[0].shape[-1], dtype=torch.float64)
+    for row, vector in enumerate(vectors):
+        if vector is not None:
+            v = vector.double()
+            out[row] = v / v.norm().clamp_min(1e-12) if normalise else v
+    return out
 
 
 @torch.no_grad()

@@ -138,22 +138,19 @@ def test_the_report_has_a_diffing_section_and_the_summary_its_headline(patched_r
 def test_steering_hooks_the_clean_model_and_ablation_the_corrupted_one(
     patched_run, pair_dirs, tmp_path, monkeypatch
 ):
-    import contextlib
-
     import patchers.analysis.directions as directions
 
     hooked = []
+    real = directions.row_edits
 
-    def recorder(name):
-        @contextlib.contextmanager
-        def fake(model, layer, direction, *args):
-            hooked.append((name, model))
-            yield
+    def recording(model, edits, *args):
+        for edit in edits:
+            kind = "steer" if edit.add is not None else "ablate"
+            assert (edit.add is None) != (edit.remove is None)
+            hooked.append((kind, model))
+        return real(model, edits, *args)
 
-        return fake
-
-    monkeypatch.setattr(directions, "steering", recorder("steer"))
-    monkeypatch.setattr(directions, "ablation", recorder("ablate"))
+    monkeypatch.setattr(directions, "row_edits", recording)
     root, _ = patched_run
     off = {name: False for name in ANALYSES if name != "directions"}
     cfg = config(root, pair_dirs, layers=[1], **off)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import numpy as np
@@ -10,8 +11,8 @@ import torch
 from tiny_models import FAMILIES, tiny_model
 
 from patchers.analysis.activations import lens_logits, logit_lens, recorded, token_ranks
-from patchers.analysis.attribution import exact_head_effect, head_attribution
-from patchers.analysis.directions import ablation, mean_difference, steering
+from patchers.analysis.attribution import exact_head_effect, head_attribution, head_attributions
+from patchers.analysis.directions import Edit, ablation, mean_difference, row_edits, steering
 from patchers.analysis.divergence import first_divergent_step, token_divergence
 from patchers.analysis.probes import probe_accuracy
 from patchers.analysis.similarity import linear_cka, mean_cosine, relative_change
@@ -83,6 +84,74 @@ def test_steering_by_zero_changes_nothing_and_by_a_direction_changes_the_output(
     assert not torch.allclose(steered, side.forward(batch))
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_row_edits_steer_ablate_or_leave_each_row_as_its_own_batch_would(family):
+    """One batch whose rows are steered at two layers, ablated, or left alone equals each
+    row run on its own under `steering` / `ablation` (or under nothing)."""
+    model = tiny_model(family)
+    d = model.config.hidden_size
+    generator = torch.Generator().manual_seed(3)
+    direction, other = torch.randn(d, generator=generator), torch.randn(d, generator=generator)
+    prompt = torch.tensor([PROMPTS[0]])
+    edits = [Edit.steer(1, direction, 3.0), None, Edit.ablate(1, other), Edit.steer(0, other, 0.5)]
+    with torch.no_grad():
+        with row_edits(model, edits):
+            together = model(input_ids=prompt.repeat(len(edits), 1)).logits
+        alone = []
+        for manager in (
+            steering(model, 1, direction, 3.0),
+            contextlib.nullcontext(),
+            ablation(model, 1, other),
+            steering(model, 0, other, 0.5),
+        ):
+            with manager:
+                alone.append(model(input_ids=prompt).logits[0])
+    torch.testing.assert_close(together, torch.stack(alone), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(alone[0], alone[1]) and not torch.allclose(alone[2], alone[1])
+    with (
+        pytest.raises(ValueError, match="row_edits has 4 rows, the batch 1"),
+        row_edits(model, edits),
+    ):
+        model(input_ids=prompt)
+
+
+def test_row_edits_follow_their_rows_when_finished_generations_leave_the_batch():
+    """Batched greedy decoding with one edit per row (rows ending early and leaving the batch)
+    gives each row the generation it gets alone under its own steering or ablation."""
+    from harness.patch import greedy_generations
+
+    model = tiny_model("llama")
+    d = model.config.hidden_size
+    generator = torch.Generator().manual_seed(5)
+    direction = torch.randn(d, generator=generator)
+    prompts = MANY[:6]
+    free = greedy_generations(model, prompts, 10, frozenset({-1}))
+    eos = frozenset({free[0][3], free[1][5]})  # rows end at different steps
+    edits = [Edit.steer(1, direction, 2.0), None, Edit.ablate(2, direction),
+             Edit.steer(0, direction, -1.0), None, Edit.ablate(1, direction)]  # fmt: skip
+    together = greedy_generations(
+        model,
+        prompts,
+        10,
+        eos,
+        batch_size=4,
+        within=lambda rows: row_edits(model, [edits[i] for i in rows]),
+    )
+    managers = {
+        0: lambda: steering(model, 1, direction, 2.0),
+        2: lambda: ablation(model, 2, direction),
+        3: lambda: steering(model, 0, direction, -1.0),
+        5: lambda: ablation(model, 1, direction),
+    }
+    for row, prompt in enumerate(prompts):
+        with managers.get(row, contextlib.nullcontext)():
+            assert together[row] == greedy_generations(model, [prompt], 10, eos)[0], row
+    lengths = {len(tokens) for tokens in together}
+    assert min(lengths) < 10 and max(lengths) == 10, lengths
+    assert together[1] == free[1][: len(together[1])]
+    assert any(together[row] != free[row][: len(together[row])] for row in managers)
+
+
 def linear_model():
     """A one-layer model whose logits are linear in the attention heads' outputs: no MLP
     (its down projection zero), no final norm."""
@@ -104,6 +173,28 @@ def test_attribution_equals_exact_patching_where_the_model_is_linear_in_the_head
     exact = [exact_head_effect(clean, corrupt, PROMPTS[0], 0, h) for h in range(4)]
     assert max(abs(e) for e in exact) > 0.1
     torch.testing.assert_close(estimates[0], torch.tensor(exact), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2"])
+def test_attribution_at_several_steps_of_one_sequence_is_each_steps_own(family):
+    """One batched pass over a teacher-forced sequence gives every step what a pass over
+    that step's context alone gives."""
+    clean_model = tiny_model(family)
+    clean, corrupt = full_model_side(clean_model), full_model_side(tiny_model(family, seed=7))
+    ids = PROMPTS[0] + PROMPTS[1]
+    layers = list(range(clean_model.config.num_hidden_layers))
+    positions = [3, 7, len(ids) - 1]
+    together = head_attributions(clean, corrupt, ids, positions, layers)
+    for position, (estimates, step) in zip(positions, together, strict=True):
+        alone, alone_step = head_attribution(clean, corrupt, ids[: position + 1], layers)
+        torch.testing.assert_close(estimates, alone, atol=1e-5, rtol=1e-4)
+        assert step["y_clean"] == alone_step["y_clean"]
+        assert step["y_corrupt"] == alone_step["y_corrupt"]
+        assert step["dl_clean"] == pytest.approx(alone_step["dl_clean"], abs=1e-5)
+        assert step["dl_corrupt"] == pytest.approx(alone_step["dl_corrupt"], abs=1e-5)
+    assert any(float(e.abs().max()) > 1e-3 for e, _ in together)
+    with pytest.raises(ValueError, match=r"positions must lie in 0\.\.13"):
+        head_attributions(clean, corrupt, ids, [len(ids)], layers)
 
 
 @pytest.fixture(scope="module")
