@@ -225,3 +225,53 @@ def test_a_run_with_nothing_patched_is_analysed_as_nothing(pair_dirs, tmp_path):
     summary = run_analyze(cfg, pair_dirs["clean"], pair_dirs["corrupt"], out, print)
     assert summary["items"] == 0 and not list(out.glob("*.parquet"))
     assert "nothing to analyse" in diffing_section(cfg.run_dir, tmp_path / "fig", [])[0]
+
+
+# accelerate's placement of the tiny pair: two of its four layers offloaded to disk
+OFFLOADED = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
+             "model.layers.2": "cpu", "model.layers.3": "disk", "model.norm": "cpu",
+             "model.rotary_emb": "cpu", "lm_head": "cpu"}  # fmt: skip
+
+
+def test_the_analyses_on_a_dispatched_pair_equal_those_on_one_device(
+    patched_run, pair_dirs, tmp_path
+):
+    """accelerate's device map (layers offloaded to disk, loaded by its hooks) changes no
+    table: the analyses' hooks and inputs follow the modules wherever they are."""
+    import dataclasses
+
+    from harness.patch import load_models
+    from harness.pipeline.analysis import Analyzer, _item
+    from patchers import load_pair
+
+    root, _ = patched_run
+    cfg = config(root, pair_dirs, layers=[0, 1, 2, 3], alphas=[1.0])
+    plain = load_models(pair_dirs["clean"], pair_dirs["corrupt"])
+    dispatched = dataclasses.replace(
+        plain,
+        pair=load_pair(
+            pair_dirs["clean"], pair_dirs["corrupt"], device_map=OFFLOADED, offload_folder=tmp_path
+        ),
+    )
+    assert hasattr(dispatched.pair.clean.model.layers[1], "_hf_hook")
+    rows = pl.read_parquet(root / "canned" / "patch" / "prompts.parquet").iter_rows(named=True)
+    rows = list(rows)
+    tables = {}
+    for name, models in (("plain", plain), ("dispatched", dispatched)):
+        analyzer = Analyzer(models, [_item(models, cfg, r) for r in rows], cfg)
+        tables[name] = {}
+        for analysis in ANALYSES:
+            tables[name] |= getattr(analyzer, analysis)()
+    assert set(tables["plain"]) == set(tables["dispatched"]) and len(tables["plain"]) == 7
+    assert all(table.height for table in tables["plain"].values())
+    for name, table in tables["plain"].items():
+        other = tables["dispatched"][name]
+        assert table.columns == other.columns and table.height == other.height, name
+        for column in table.columns:
+            a, b = table[column], other[column]
+            if a.dtype == pl.Float64:
+                assert (
+                    (a - b).abs().fill_null(0) < 1e-4
+                ).all() and a.null_count() == b.null_count(), (name, column)
+            else:
+                assert a.to_list() == b.to_list(), (name, column)
