@@ -41,10 +41,10 @@ def head_attributions(
     if not positions or not all(0 <= p < len(ids) for p in positions):
         raise ValueError(f"positions must lie in 0..{len(ids) - 1}, got {list(positions)}")
     corrupt_logits, corrupt_heads = recorded(corrupt, ids, "head", layers)
-    at = torch.tensor(list(positions), device=corrupt_logits.device)
-    y_corrupt = corrupt_logits[at].float().argmax(-1)
-    rows = torch.arange(len(positions), device=at.device)
-    batch = torch.tensor([list(ids)] * len(positions), device=input_device(clean.module))
+    corrupt_at = corrupt_logits[list(positions)].float().cpu()  # [steps, vocab]
+    y_corrupt = corrupt_at.argmax(-1)
+    steps = len(positions)
+    batch = torch.tensor([list(ids)] * steps, device=input_device(clean.module))
     clean_heads: dict[int, Tensor] = {}
     deltas: dict[int, Tensor] = {}
 
@@ -60,21 +60,24 @@ def head_attributions(
         for layer in layers:
             stack.enter_context(attach(clean.module, "head", layer, grad_through(layer)))
         # only the steps' positions through the unembedding: [steps, steps, vocab]
-        kept = clean.batch_logits(batch, logits_to_keep=at.to(batch.device))
-        logits = kept[rows, rows].float()
+        kept = clean.batch_logits(batch, logits_to_keep=torch.tensor(list(positions)))
+        rows = torch.arange(steps, device=kept.device)
+        logits = kept[rows, rows].float()  # row r at step r
         y_clean = logits.argmax(-1)
-        dl = logits[rows, y_corrupt] - logits[rows, y_clean]
+        dl = logits[rows, y_corrupt.to(logits.device)] - logits[rows, y_clean]
         grads = torch.autograd.grad(
             dl.sum(), [deltas[layer] for layer in layers], allow_unused=True
         )
     estimates = []
     for layer, grad in zip(layers, grads, strict=True):
-        change = corrupt_heads[layer][at] - clean_heads[layer][rows, at]  # [steps, heads, dim]
-        grad = torch.zeros_like(change) if grad is None else grad[rows, at]
-        estimates.append((change.float() * grad.float()).sum(-1))
-    effects = torch.stack(estimates, 1).cpu()  # [steps, layers, heads]
-    corrupt_at = corrupt_logits[at].float()
-    dl_corrupt = corrupt_at[rows, y_corrupt] - corrupt_at[rows, y_clean]
+        clean_at = clean_heads[layer][_at(positions, clean_heads[layer])]
+        change = corrupt_heads[layer][list(positions)].to(clean_at.device) - clean_at
+        grad = torch.zeros_like(change) if grad is None else grad[_at(positions, grad)]
+        estimates.append((change.float() * grad.float()).sum(-1).cpu())  # [steps, heads]
+    effects = torch.stack(estimates, 1)  # [steps, layers, heads]
+    y_clean = y_clean.cpu()
+    every = torch.arange(steps)
+    dl_corrupt = corrupt_at[every, y_corrupt] - corrupt_at[every, y_clean]
     return [
         (
             effects[r],
@@ -85,8 +88,14 @@ def head_attributions(
                 "dl_corrupt": float(dl_corrupt[r]),
             },
         )
-        for r in range(len(positions))
+        for r in range(steps)
     ]
+
+
+def _at(positions: Sequence[int], like: Tensor) -> tuple[Tensor, Tensor]:
+    """Index of row r at position `positions[r]` of a [steps, T, ...] tensor, on its device."""
+    return (torch.arange(len(positions), device=like.device),
+            torch.tensor(list(positions), device=like.device))  # fmt: skip
 
 
 @torch.no_grad()
