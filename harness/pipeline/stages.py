@@ -74,6 +74,8 @@ PATCH_CODE = (
 )
 ANALYZE_CODE = (
     "harness.pipeline.analysis",
+    "harness.pipeline.analyzer",
+    "harness.pipeline.analysis_tables",
     "patchers.analysis",
     *PATCHER_CODE,
     "tasks.scoring",

@@ -155,7 +155,8 @@ def test_steering_hooks_the_clean_model_and_ablation_the_corrupted_one(
     off = {name: False for name in ANALYSES if name != "directions"}
     cfg = config(root, pair_dirs, layers=[1], **off)
     from harness.patch import load_models
-    from harness.pipeline.analysis import Analyzer, _item
+    from harness.pipeline.analysis import _item
+    from harness.pipeline.analyzer import Analyzer
 
     models = load_models(pair_dirs["clean"], pair_dirs["corrupt"])
     items = pl.read_parquet(root / "canned" / "patch" / "prompts.parquet")
@@ -172,7 +173,8 @@ def test_exact_head_cts_is_the_reference_single_step_patch_at_the_screened_steps
     """The engine's teacher-forced CTS of each top head, averaged over the screened steps,
     equals full-forward patching of that head at each step's context (the reference)."""
     from harness.patch import load_models
-    from harness.pipeline.analysis import Analyzer, _item
+    from harness.pipeline.analysis import _item
+    from harness.pipeline.analyzer import Analyzer
     from patchers.analysis.attribution import exact_head_effect, head_attribution
 
     root, _ = patched_run
@@ -241,7 +243,8 @@ def test_the_analyses_on_a_dispatched_pair_equal_those_on_one_device(
     import dataclasses
 
     from harness.patch import load_models
-    from harness.pipeline.analysis import Analyzer, _item
+    from harness.pipeline.analysis import _item
+    from harness.pipeline.analyzer import Analyzer
     from patchers import load_pair
 
     root, _ = patched_run
