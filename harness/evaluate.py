@@ -8,6 +8,8 @@ and writes under ``results/<run>/eval/``::
                       n_tokens, answer, verdict, correct)
     summary.parquet   accuracy [95% bootstrap CI], truncated share, unscored count per
                       model x suite; by_task.parquet per task
+    paired.parquet    each model against the clean one per suite, on the items both
+                      answered: accuracy difference [95% paired bootstrap CI], McNemar's p
     flagged.parquet   clean right, corrupted wrong: the patch queue
     truncated.parquet every generated response that ran out of tokens (never correct, never
                       flagged)
@@ -57,7 +59,7 @@ from harness.fidelity import fidelity_records, fidelity_summary
 from harness.flag import flag, truncated
 from harness.judge import judge_path, judge_summary, judge_table, served_judge
 from harness.records import empty_records, records_from_samples
-from harness.summary import by_task, summarize
+from harness.summary import by_task, paired_table, summarize
 from tasks.build import EVALS_DIR
 from tasks.suites import group_name
 
@@ -417,6 +419,7 @@ def run_eval(
         "truncated": run.truncated,
         "drift": run.drift,
         "by_task": by_task(records, cfg.eval.bootstrap_samples, cfg.eval.seed),
+        "paired": paired_table(records, CLEAN, cfg.eval.bootstrap_samples, cfg.eval.seed),
         "logprobs": pl.concat(logprobs) if logprobs else _no_logprobs(),
     }
     classified = fidelity_records(records, cfg.eval.level)

@@ -70,6 +70,62 @@ def accuracy_table(
     return pl.DataFrame(rows, schema=schema).sort(by)
 
 
+PAIRED_SCHEMA = {
+    "model": pl.String,
+    "suite": pl.String,
+    "n": pl.Int64,  # items both models have a scored answer to
+    "clean_accuracy": pl.Float64,
+    "accuracy": pl.Float64,
+    "difference": pl.Float64,  # accuracy - clean_accuracy
+    "ci_low": pl.Float64,
+    "ci_high": pl.Float64,
+    "clean_only": pl.Int64,  # items only the clean model got right
+    "model_only": pl.Int64,  # items only this model got right
+    "mcnemar_p": pl.Float64,
+}
+ITEM = ["suite", "task", "doc_id"]
+
+
+def paired_table(
+    records: pl.DataFrame, clean: str, samples: int = 1000, seed: int = 0
+) -> pl.DataFrame:
+    """Each other model against ``clean`` per suite, on the items both answered (scored):
+    the accuracy difference with a paired bootstrap interval (items resampled with both
+    answers, so the shared difficulty of an item cancels) and McNemar's exact test on the
+    discordant items (a two-sided binomial test of ``clean_only`` against ``model_only``;
+    1.0 when there are none)."""
+    from scipy.stats import binomtest
+
+    scored = with_verdicts(records).filter(pl.col("correct").is_not_null())
+    base = scored.filter(pl.col("model") == clean).select(*ITEM, clean_right="correct")
+    others = scored.filter(pl.col("model") != clean).select("model", *ITEM, right="correct")
+    joined = others.join(base, on=ITEM)
+    rows = []
+    for (model, suite), group in joined.group_by("model", "suite", maintain_order=True):
+        right = group["right"].cast(pl.Float64).to_numpy()
+        clean_right = group["clean_right"].cast(pl.Float64).to_numpy()
+        low, high = bootstrap_ci(right - clean_right, samples, seed)
+        clean_only = int(((clean_right == 1) & (right == 0)).sum())
+        model_only = int(((clean_right == 0) & (right == 1)).sum())
+        discordant = clean_only + model_only
+        rows.append(
+            {
+                "model": model,
+                "suite": suite,
+                "n": len(right),
+                "clean_accuracy": float(clean_right.mean()),
+                "accuracy": float(right.mean()),
+                "difference": float((right - clean_right).mean()),
+                "ci_low": low,
+                "ci_high": high,
+                "clean_only": clean_only,
+                "model_only": model_only,
+                "mcnemar_p": binomtest(model_only, discordant).pvalue if discordant else 1.0,
+            }
+        )
+    return pl.DataFrame(rows, schema=PAIRED_SCHEMA, orient="row").sort("model", "suite")
+
+
 def summarize(records: pl.DataFrame, samples: int = 1000, seed: int = 0) -> pl.DataFrame:
     """Accuracy with a 95 % interval per model x suite."""
     return accuracy_table(records, ["model", "suite"], samples, seed)

@@ -284,6 +284,7 @@ def behaviour(t: RunTables, fig_dir: Path, pngs: list[Path]) -> list[str]:
         "<details><summary>accuracy with 95% bootstrap intervals, every model</summary>",
         page.table(ci),
         "</details>",
+        *paired_section(t),
         f"<p>Flagged (clean right, corrupted wrong): <b>{n_flagged}</b> items.</p>",
         page.table(flagged) if flagged.height else "",
     ]
@@ -310,6 +311,25 @@ def behaviour(t: RunTables, fig_dir: Path, pngs: list[Path]) -> list[str]:
                 "</details>",
             ]
     return out
+
+
+def paired_section(t: RunTables) -> list[str]:
+    """Each model against the clean one on the same items: the paired difference and test."""
+    if t.paired is None or not t.paired.height:
+        return []
+    # a p-value's size, not three zeros
+    shown = t.paired.with_columns(
+        pl.col("mcnemar_p").map_elements(lambda p: f"{p:.2g}", return_dtype=pl.String)
+    )
+    return [
+        "<h3>Against the clean model, item by item</h3>",
+        "<p class='note'>Both models answer the same items, so the difference is taken item by "
+        "item: accuracy minus the clean model's on the items both have a scored answer to, "
+        "with a 95 % paired bootstrap interval (items resampled with both answers), and "
+        "McNemar's exact test on the items only one of them got right "
+        "(<code>eval/paired.parquet</code>).</p>",
+        page.table(shown, 3),
+    ]
 
 
 def mechanism(t: RunTables, fig_dir: Path, pngs: list[Path]) -> list[str]:

@@ -41,6 +41,7 @@ class RunTables:
     progression: pl.DataFrame | None = None  # progression/summary.parquet
     stages: dict[str, dict[str, Any]] | None = None  # stages/<name>.json markers
     fidelity: pl.DataFrame | None = None  # eval/fidelity_summary.parquet: corruption fidelity
+    paired: pl.DataFrame | None = None  # eval/paired.parquet: each model against the clean one
 
     @property
     def suites(self) -> list[str]:
@@ -105,6 +106,7 @@ def load_tables(run_dir: Path) -> RunTables:
         else None,
         stages=stages,
         fidelity=_parquet(run_dir / "eval" / "fidelity_summary.parquet"),
+        paired=_parquet(run_dir / "eval" / "paired.parquet"),
     )
 
 
@@ -115,6 +117,17 @@ def _stage_ok(run_dir: Path, name: str) -> bool:
 def accuracy_of(summary: pl.DataFrame, model: str) -> dict[str, float]:
     rows = summary.filter(pl.col("model") == model)
     return dict(zip(rows["suite"].to_list(), rows["accuracy"].to_list(), strict=True))
+
+
+def paired_of(paired: pl.DataFrame | None) -> dict[str, dict[str, dict[str, Any]]]:
+    """``paired[model][suite]``: the accuracy difference from the clean model, its paired
+    interval, McNemar's p and the items it rests on."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in (paired if paired is not None else pl.DataFrame()).iter_rows(named=True):
+        out.setdefault(row["model"], {})[row["suite"]] = {
+            k: row[k] for k in ("n", "difference", "ci_low", "ci_high", "mcnemar_p")
+        }
+    return out
 
 
 def summary_json(tables: RunTables, seconds: float | None = None) -> dict[str, Any]:
@@ -164,6 +177,7 @@ def summary_json(tables: RunTables, seconds: float | None = None) -> dict[str, A
             model: fidelity_of(tables.fidelity, model)
             for model in tables.summary["model"].unique(maintain_order=True).to_list()
         },
+        "paired": paired_of(tables.paired),
         "flagged": flagged.height,
         "flagged_by_suite": dict(flagged.group_by("suite").len().iter_rows()),
         "patched": patched,

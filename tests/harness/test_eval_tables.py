@@ -16,7 +16,7 @@ from harness.errors import HarnessError
 from harness.evaluate import write_json, write_parquet
 from harness.flag import flag
 from harness.records import records_from_samples
-from harness.summary import bootstrap_ci, summarize
+from harness.summary import bootstrap_ci, paired_table, summarize
 
 
 def gen_sample(doc_id: int, question: str, answer: str | None, response: str, acc: float | None):
@@ -118,6 +118,35 @@ def test_flags_are_clean_right_and_corrupt_wrong_per_model():
     row = flagged.filter(pl.col("model") == "corrupt").row(0, named=True)
     assert row["clean_answer"] == "8" and row["corrupt_answer"] == "666"
     assert row["prompt"] == "<prompt>q0" and row["suite"] == "related"
+
+
+def test_paired_differences_are_item_by_item_with_mcnemars_test():
+    from scipy.stats import binomtest
+
+    right = [("8", True)] * 10
+    clean = canned_records("clean", [*right, ("1", False), ("1", False)], ["a"])
+    # 8 items only the clean model gets right, 1 only the corrupted one, 3 alike
+    corrupt = canned_records(
+        "corrupt", [("1", False)] * 8 + [("8", True)] * 2 + [("1", False), ("8", True)], ["a"]
+    )
+    same = canned_records("copy", [*right, ("1", False), ("1", False)], ["a"])
+    paired = paired_table(pl.concat([clean, corrupt, same]), "clean", samples=2000, seed=0)
+    assert set(paired["model"]) == {"corrupt", "copy"}  # the clean model is the baseline
+    row = paired.filter((pl.col("model") == "corrupt") & (pl.col("suite") == "related"))
+    row = row.row(0, named=True)
+    assert (row["n"], row["clean_only"], row["model_only"]) == (12, 8, 1)
+    assert row["clean_accuracy"] == pytest.approx(10 / 12)
+    assert row["accuracy"] == pytest.approx(3 / 12)
+    assert row["difference"] == pytest.approx(-7 / 12)
+    assert row["ci_low"] < row["difference"] < row["ci_high"] < 0
+    assert row["mcnemar_p"] == pytest.approx(binomtest(1, 9).pvalue) and row["mcnemar_p"] < 0.05
+    # the multiple-choice item is scored too (general); the open ones are not (no reference)
+    general = paired.filter((pl.col("model") == "corrupt") & (pl.col("suite") == "general"))
+    assert general["n"].to_list() == [1]
+    alike = paired.filter((pl.col("model") == "copy") & (pl.col("suite") == "related"))
+    alike = alike.row(0, named=True)
+    assert alike["difference"] == 0 and alike["mcnemar_p"] == 1.0
+    assert (alike["ci_low"], alike["ci_high"]) == (0.0, 0.0)
 
 
 def test_drift_reports_length_ratio_integer_share_and_likelihood_gap():
