@@ -18,8 +18,8 @@ from finetune.config import FinetuneConfig
 from harness.errors import ConfigError
 from patchers.names import Mode, Site
 from tasks.prompt_format import PromptFormat
+from tasks.records import SUITES, Suite
 
-SUITES = ("related", "unrelated_math", "general")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 ZOO_PREFIX = "zoo:"
 
@@ -82,8 +82,15 @@ class EvalConfig(Strict):
         description="vllm: the engine in this process (fastest); vllm-server: through vLLM's "
         "OpenAI server; hf: lm-eval's Hugging Face backend, the reference.",
     )
-    suites: list[Literal["related", "unrelated_math", "general"]] = Field(
-        default_factory=lambda: list(SUITES)
+    suites: list[Suite] = Field(default_factory=lambda: list(SUITES))
+    tasks: list[str] = Field(
+        default_factory=list,
+        description="lm-eval tasks, groups or tags beside the suites (gsm8k, mmlu, a task of "
+        "eval.include_paths); each is a suite of its own name.",
+    )
+    include_paths: list[str] = Field(
+        default_factory=list,
+        description="Folders of lm-eval task configs (as lm_eval --include_path).",
     )
     level: Literal["demo", "full"] = "full"
     limit: int | None = Field(None, gt=0, description="Documents per task; null: all.")
@@ -95,6 +102,26 @@ class EvalConfig(Strict):
     judge: str | None = Field(None, description="Judge model for the open-ended questions.")
 
     _check = field_validator("judge")(check_model_ref)
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks_distinct(cls, tasks: list[str]) -> list[str]:
+        for task in tasks:
+            if not task.strip():
+                raise ValueError("a task name is empty")
+            if task in SUITES:
+                raise ValueError(f"{task!r} is a built-in suite: list it in eval.suites")
+            if tasks.count(task) > 1:
+                raise ValueError(f"task {task!r} is listed twice")
+        return tasks
+
+    @field_validator("include_paths")
+    @classmethod
+    def _folders(cls, paths: list[str]) -> list[str]:
+        for path in paths:
+            if not Path(path).expanduser().is_dir():
+                raise ValueError(f"include path {path!r} is not a directory")
+        return paths
 
 
 def layers_non_negative(value: Any) -> Any:

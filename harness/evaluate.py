@@ -58,10 +58,9 @@ from harness.errors import HarnessError
 from harness.fidelity import fidelity_records, fidelity_summary
 from harness.flag import flag, truncated
 from harness.judge import judge_path, judge_summary, judge_table, served_judge
+from harness.lm_tasks import TaskPlan, plan_eval
 from harness.records import empty_records, records_from_samples
 from harness.summary import by_task, paired_table, summarize
-from tasks.build import EVALS_DIR
-from tasks.suites import group_name
 
 RUN_VERSION = 1
 Engine = Literal["vllm", "vllm-server", "hf"]
@@ -73,8 +72,8 @@ CACHE_VERSION = 2
 NOT_ANSWER_SETTINGS: dict[str, set[str]] = {
     "serve": {"port", "startup_timeout_s", "kv_cache_gb", "gpu_memory_utilization",
               "data_parallel_size"},
-    "eval": {"engine", "serve", "suites", "level", "limit", "batch_size", "bootstrap_samples",
-             "judge"},
+    "eval": {"engine", "serve", "suites", "tasks", "include_paths", "level", "limit", "batch_size",
+             "bootstrap_samples", "judge"},
 }  # fmt: skip
 ENGINE_PACKAGES: dict[str, tuple[str, ...]] = {
     "vllm": ("vllm", "torch", "transformers"),
@@ -291,17 +290,15 @@ def model_factories(
 
 
 def evaluate_model(
-    lm: Any, name: str, engine: str, cfg: ExperimentConfig, cache: Path
+    lm: Any, name: str, engine: str, cfg: ExperimentConfig, cache: Path, plan: TaskPlan
 ) -> pl.DataFrame:
-    """One model on every configured suite: lm-eval run -> records."""
+    """One model on every configured suite and task: lm-eval run -> records."""
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
 
-    tasks = [group_name(suite, cfg.eval.level) for suite in cfg.eval.suites]
     cache.parent.mkdir(parents=True, exist_ok=True)
     results = simple_evaluate(
         model=lm,
-        tasks=tasks,
+        tasks=plan.names,
         limit=cfg.eval.limit,
         use_cache=str(cache),
         apply_chat_template=True,
@@ -312,7 +309,7 @@ def evaluate_model(
             "do_sample": False,
             "temperature": 0.0,
         },
-        task_manager=TaskManager(include_path=str(EVALS_DIR), include_defaults=False),
+        task_manager=plan.task_manager(),
         random_seed=cfg.eval.seed,
         numpy_random_seed=cfg.eval.seed,
         torch_random_seed=cfg.eval.seed,
@@ -322,7 +319,10 @@ def evaluate_model(
     if results is None:
         raise HarnessError(f"lm-eval returned no results for model {name!r}")
     # every answer's finish record, from this run or from the cache file of an earlier one
-    return records_from_samples(results["samples"], name, engine, lm.finish_log)
+    return records_from_samples(
+        results["samples"], name, engine, lm.finish_log, external=plan.suites,
+        questions=lm.questions,
+    )  # fmt: skip
 
 
 def run_eval(
@@ -351,6 +351,8 @@ def run_eval(
         "models": refs,
         "engine": engine,
         "suites": cfg.eval.suites,
+        "tasks": cfg.eval.tasks,
+        "include_paths": cfg.eval.include_paths,
         "level": cfg.eval.level,
         "limit": cfg.eval.limit,
         "max_new_tokens": cfg.eval.max_new_tokens,
@@ -359,6 +361,7 @@ def run_eval(
         "judge": cfg.eval.judge,
         "commit": git_commit(),
     }
+    plan = plan_eval(cfg.eval)  # an unknown task or missing data fails before any engine
     if cfg.eval.judge:
         judge_path(cfg.eval.judge)  # a missing judge fails now, not after the evaluation
     run_file = out / "run.json"
@@ -376,7 +379,7 @@ def run_eval(
                 serving = serving_mode(entry, entries, engine, lora)
                 key = fingerprint(entry, engine, cfg, serving)
                 cache = out / "cache" / f"{entry.name}-{key}"
-                frames.append(evaluate_model(lm, entry.name, engine, cfg, cache))
+                frames.append(evaluate_model(lm, entry.name, engine, cfg, cache, plan))
                 seconds[f"eval:{entry.name}"] = time.perf_counter() - start
                 clean_open = open_rows(frames[0], CLEAN)
                 if not clean_open.is_empty():

@@ -1,8 +1,9 @@
 """The patch queue: items the clean model answers right and a corrupted model answers wrong.
 
-Only generated answers are flagged (multiple-choice items are scored by likelihood, which the
-patcher's autoregressive generation cannot replay); each row keeps the question, the exact
-prompt text and both responses, per corrupted model and suite. Only clean verdict "correct" and
+Generated answers and multiple-choice items (clean picks the gold option, the corrupted model
+does not; ``output_type`` tells them apart, and the patch stage says why it does not replay the
+latter) are flagged; each row keeps the question, the exact prompt text and both responses, per
+corrupted model and suite. Only clean verdict "correct" and
 corrupted verdict "wrong" count: a response that ran out of tokens has no answer, so it is
 neither a clean success nor a corruption; those are listed apart (``truncated``).
 """
@@ -20,6 +21,7 @@ FLAG_SCHEMA = {
     "suite": pl.String,
     "task": pl.String,
     "doc_id": pl.Int64,
+    "output_type": pl.String,
     "item_id": pl.String,
     "question": pl.String,
     "prompt": pl.String,
@@ -42,9 +44,10 @@ TRUNCATED_SCHEMA = {
 
 def flag(records: pl.DataFrame, clean: str = CLEAN) -> pl.DataFrame:
     """Rows where ``clean``'s verdict is correct and another model's is wrong, per model."""
-    scored = with_verdicts(records).filter(pl.col("output_type") == "generate_until")
+    scored = with_verdicts(records)
     right = scored.filter((pl.col("model") == clean) & (pl.col("verdict") == "correct")).select(
         *KEYS,
+        "output_type",
         "item_id",
         "question",
         "prompt",

@@ -70,7 +70,18 @@ class PromptFormatted:
     def apply_chat_template(
         self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True
     ) -> str:
-        return self.prompt_format.render(self.tokenizer, question_of(chat_history))
+        question = question_of(chat_history)
+        rendered = self.prompt_format.render(self.tokenizer, question)
+        self.questions[rendered] = question
+        return rendered
+
+    @property
+    def questions(self) -> dict[str, str]:
+        """Rendered prompt -> the question it asks: what an item of any task asked, as the
+        patcher must encode it again (``records.question``)."""
+        if "_questions" not in self.__dict__:
+            self.__dict__["_questions"] = {}
+        return self.__dict__["_questions"]
 
     @property
     def tokenizer_name(self) -> str:

@@ -156,17 +156,30 @@ def check_experiment(
 ) -> None:
     """What ``harness run`` checks before it writes or loads anything: ``--force`` and
     ``--until`` against the stage names, the patch section against the clean model's
-    config.json. Raises one ``ConfigError`` naming every problem."""
+    config.json, ``eval.tasks`` against lm-eval's index. Raises one ``ConfigError`` naming every
+    problem."""
     problems = []
     unknown = sorted(set(force) - set(stages))
     if unknown:
         problems.append(f"--force {', '.join(unknown)}: unknown stage (known: {', '.join(stages)})")
     if until is not None and until not in stages:
         problems.append(f"--until {until!r}: unknown stage; known: {', '.join(stages)}")
+    problems += eval_problems(cfg)
     problems += patch_problems(cfg)
     problems += analyze_problems(cfg)
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def eval_problems(cfg: ExperimentConfig) -> list[str]:
+    """``eval.tasks`` that lm-eval does not know, or whose data cannot be loaded."""
+    from harness.lm_tasks import plan_eval
+
+    try:
+        plan_eval(cfg.eval)
+    except ConfigError as err:
+        return [str(err)]
+    return []
 
 
 def patch_problems(cfg: ExperimentConfig, clean: str | None = None) -> list[str]:

@@ -40,6 +40,7 @@ SCHEMA: dict[str, Any] = {
     "reference": pl.String,
     "correct": pl.Boolean,
     "verdict": pl.String,
+    "metric": pl.String,
     "finish_reason": pl.String,
     "n_tokens": pl.Int64,
     "metrics": pl.List(pl.Struct({"name": pl.String, "value": pl.Float64})),
@@ -161,11 +162,35 @@ def _metrics(sample: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def _choice_response(sample: dict[str, Any]) -> str:
+def _choices(sample: dict[str, Any]) -> list[str]:
+    """The options of a multiple-choice sample: each request's continuation."""
+    args = sample.get("arguments") or {}
+    requests = args.values() if isinstance(args, dict) else args
+    options = []
+    for request in requests:
+        values = list(request.values()) if isinstance(request, dict) else list(request)
+        options.append(str(values[1]).strip() if len(values) > 1 else "")
+    return options
+
+
+def _picked(sample: dict[str, Any]) -> int:
     """The option a multiple-choice sample picked: the highest log-likelihood."""
     scores = [float(r[0]) for r in sample["filtered_resps"]]
-    choices = sample["doc"]["choices"]
-    return str(choices[max(range(len(scores)), key=scores.__getitem__)])
+    return max(range(len(scores)), key=scores.__getitem__)
+
+
+def _is_choice(sample: dict[str, Any]) -> bool:
+    """Scored by log-likelihood per option (lm-eval's multiple_choice): one (ll, greedy) pair
+    per option instead of a generated text."""
+    filtered = sample.get("filtered_resps")
+    return isinstance(filtered, list) and bool(filtered) and isinstance(filtered[0], list | tuple)
+
+
+def _gold(sample: dict[str, Any], options: list[str]) -> str | None:
+    target = sample.get("target")
+    if isinstance(target, int) and not isinstance(target, bool) and 0 <= target < len(options):
+        return options[target]
+    return None if target is None else str(target)
 
 
 def sample_record(
@@ -175,22 +200,43 @@ def sample_record(
     task: str,
     suite: str,
     finishes: FinishLog | None = None,
+    questions: Mapping[str, str] | None = None,
 ) -> dict:
+    """One row. The built-in suites' items keep their own ``question``, ``answer`` and ``id``;
+    any other task's item is described by what lm-eval asked (``questions``: the rendered
+    prompt's question) and its target; ``metric`` (see ``harness.lm_tasks``) decides."""
+    from harness.lm_tasks import scoring_metric
+
     doc = sample["doc"]
     metrics = _metrics(sample)
     value = {m["name"]: m["value"] for m in metrics}
-    acc = value.get("acc")
-    multiple_choice = "choices" in doc and "label" in doc
+    builtin = suite in SUITES  # scored by "acc"; the open questions have none
+    metric = "acc" if builtin else scoring_metric(sample.get("metrics") or list(value))
+    score = value.get(metric) if metric else None
+    binary = score is None or score in (0.0, 1.0)
+    multiple_choice = _is_choice(sample)
+    prompt = _first_argument(sample)
     finish: Mapping[str, Any] = {}
     if multiple_choice:
-        response = _choice_response(sample)
+        options = _choices(sample)
+        response = options[_picked(sample)] if options else ""
         extracted = response
+        reference = _gold(sample, options)
     else:
         filtered = sample["filtered_resps"]
         response = str(filtered[0] if isinstance(filtered, list) else filtered)
-        extracted = extract_answer(response)
+        if builtin:
+            extracted = extract_answer(response)
+        else:  # the raw generation; the task's filter extracted the answer it scored
+            raw = sample.get("resps") or [[response]]
+            response, extracted = str(raw[0][0] if isinstance(raw[0], list) else raw[0]), response
+        reference = _gold(sample, [])
         finish = (finishes.get(_first_request(sample)) if finishes else None) or {}
-    verdict = verdict_of(acc, value.get("unscored", 0.0) >= 0.5, finish.get("finish_reason"))
+    if builtin:
+        reference = None if doc.get("answer") is None else str(doc["answer"])
+    unscored = value.get("unscored", 0.0) >= 0.5 or not binary
+    verdict = verdict_of(score, unscored, finish.get("finish_reason"))
+    question = (questions or {}).get(prompt) or str(doc.get("question", ""))
     return {
         "model": model,
         "engine": engine,
@@ -198,14 +244,15 @@ def sample_record(
         "task": task,
         "output_type": "multiple_choice" if multiple_choice else "generate_until",
         "doc_id": int(sample["doc_id"]),
-        "item_id": str(doc.get("id", sample["doc_id"])),
-        "question": str(doc.get("question", "")),
-        "prompt": _first_argument(sample),
+        "item_id": str(doc.get("id", sample["doc_id"])) if builtin else str(sample["doc_id"]),
+        "question": question,
+        "prompt": prompt,
         "response": response,
         "extracted_answer": extracted,
-        "reference": None if doc.get("answer") is None else str(doc["answer"]),
+        "reference": reference,
         "correct": correct_of(verdict),
         "verdict": verdict,
+        "metric": metric if score is not None else None,
         "finish_reason": finish.get("finish_reason"),
         "n_tokens": finish.get("n_tokens"),
         "metrics": metrics,
@@ -217,15 +264,21 @@ def records_from_samples(
     model: str,
     engine: str,
     finishes: FinishLog | None = None,
+    *,
+    external: Mapping[str, str] | None = None,
+    questions: Mapping[str, str] | None = None,
 ) -> pl.DataFrame:
-    """Every logged sample of one model's lm-eval run as a row (tasks of our suites only),
-    joined to the engine's finish records (``finishes``) by request-cache key."""
-    suites = suite_of_task()
+    """Every logged sample of one model's lm-eval run as a row: the built-in suites' tasks and
+    the ``external`` ones (leaf task -> suite; each under its first filter), joined to the
+    engine's finish records (``finishes``) by request-cache key."""
+    from harness.lm_tasks import first_filter
+
+    suites = suite_of_task() | dict(external or {})
     rows = [
-        sample_record(sample, model, engine, task, suites[task], finishes)
+        sample_record(sample, model, engine, task, suites[task], finishes, questions)
         for task, task_samples in samples.items()
         if task in suites
-        for sample in task_samples
+        for sample in first_filter(task_samples)
     ]
     if not rows:
         return empty_records()

@@ -37,6 +37,7 @@ import polars as pl
 from harness.config import ExperimentConfig, PatchConfig
 from harness.errors import HarnessError
 from harness.evaluate import write_parquet
+from harness.lm_tasks import TaskScorer, plan_eval
 from harness.patch import (
     CHECK_SCHEMA,
     OUTPUT_FILES,
@@ -50,6 +51,7 @@ from harness.patch import (
     sanity_checks,
 )
 from harness.records import correct_of
+from tasks.records import SUITES
 
 log = logging.getLogger("harness.pipeline.patch")
 VERDICT_SCHEMA = {"verdict": pl.String, "correct": pl.Boolean}
@@ -98,7 +100,7 @@ def select_items(
     Controls per suite: as many as the most flagged suite has flagged items, at most
     ``max_controls``; none when nothing is flagged (there is no corruption to compare with).
     """
-    flagged = flagged.filter(pl.col("model") == corrupt)
+    flagged = generated(flagged.filter(pl.col("model") == corrupt))
     scored = records.filter(
         (pl.col("output_type") == "generate_until") & pl.col("correct").is_not_null()
     )
@@ -137,6 +139,26 @@ def select_items(
     return items.select(list(ITEM_SCHEMA)).cast(ITEM_SCHEMA) if items.height else _no_items()
 
 
+SKIPPED_CHOICE = (
+    "multiple-choice items are scored by the likelihood of each option, which autoregressive "
+    "patching does not replay; they are flagged in eval/flagged.parquet but not patched"
+)
+
+
+def generated(flagged: pl.DataFrame) -> pl.DataFrame:
+    """The flagged items with a generated answer (tables from before ``output_type``: all)."""
+    if "output_type" not in flagged.columns:
+        return flagged
+    return flagged.filter(pl.col("output_type") == "generate_until")
+
+
+def skipped_items(flagged: pl.DataFrame, corrupt: str = "corrupt") -> dict[str, Any]:
+    """What the patch stage leaves out of the flagged items, and why (the report says it)."""
+    mine = flagged.filter(pl.col("model") == corrupt)
+    n = mine.height - generated(mine).height
+    return {"multiple_choice": n, "reason": SKIPPED_CHOICE} if n else {}
+
+
 def _no_items() -> pl.DataFrame:
     return pl.DataFrame(schema=ITEM_SCHEMA)
 
@@ -165,22 +187,33 @@ def judge(response: str, reference: str, aliases: tuple[str, ...]) -> str:
     return "correct" if scoring.answers_match(response, reference, aliases) else "wrong"
 
 
-def score_texts(texts: pl.DataFrame, items: pl.DataFrame, level: str) -> pl.DataFrame:
+def score_texts(
+    texts: pl.DataFrame, items: pl.DataFrame, level: str, scorer: TaskScorer | None = None
+) -> pl.DataFrame:
     """Patched generations with their item, ``verdict`` and ``correct``.
 
-    A text that ran out of tokens (``finish_reason`` "length") is "truncated" whatever it says:
-    its answer may be cut off, so it is never correct. ``correct`` is True for "correct", False
-    for "wrong" and "truncated", null for "unscored" (the checker could not decide).
+    The built-in suites' texts go to the suite checker; an external task's (``scorer``) to the
+    task's own filters and metric, as the evaluation scored them. A text that ran out of tokens
+    (``finish_reason`` "length") is "truncated" whatever it says: its answer may be cut off, so
+    it is never correct. ``correct`` is True for "correct", False for "wrong" and "truncated",
+    null for "unscored" (the checker could not decide).
     """
     joined = texts.join(items.drop("clean_response", "corrupt_response"), on="prompt_id")
     if "finish_reason" not in joined.columns:
         joined = joined.with_columns(finish_reason=pl.lit(None, pl.String))
-    verdicts = [
-        "truncated"
-        if row["finish_reason"] == "length"
-        else judge(row["text"], row["reference"], aliases_for(row["task"], row["item_id"], level))
-        for row in joined.iter_rows(named=True)
-    ]
+
+    def verdict(row: dict[str, Any]) -> str:
+        if row["finish_reason"] == "length":
+            return "truncated"
+        if row["suite"] in SUITES or scorer is None:
+            aliases = aliases_for(row["task"], row["item_id"], level)
+            return judge(row["text"], row["reference"], aliases)
+        _, value = scorer.score(row["task"], row["doc_id"], row["text"])
+        if value is None or value not in (0.0, 1.0):
+            return "unscored"
+        return "correct" if value == 1.0 else "wrong"
+
+    verdicts = [verdict(row) for row in joined.iter_rows(named=True)]
     return joined.with_columns(
         pl.Series("verdict", verdicts, dtype=pl.String),
         pl.Series("correct", [correct_of(v) for v in verdicts], dtype=pl.Boolean),
@@ -224,8 +257,13 @@ def run_patch_stage(
         records, flagged, patch.max_prompts_per_suite, patch.max_controls_per_suite
     )
     write_parquet(items, out / "items.parquet")
+    skipped = skipped_items(flagged)
+    if skipped:
+        say(f"{skipped['multiple_choice']} flagged multiple-choice items not patched: "
+            f"{skipped['reason']}")  # fmt: skip
     spec = {
         "version": 1,
+        "skipped": skipped,
         "max_new_tokens": limit,
         "eval_max_new_tokens": cfg.eval.max_new_tokens,
         "sites": list(patch.sites),
@@ -333,7 +371,8 @@ def write_merged(
             token=decode_tokens(clean, steps_all["token_id"], trust_remote_code)
         )
         steps_all = steps_all.join(items.select("prompt_id", "suite", "kind"), on="prompt_id")
-        texts_all = score_texts(pl.concat(texts, how="diagonal_relaxed"), items, level)
+        scorer = TaskScorer(plan_eval(cfg.eval)) if cfg.eval.tasks else None
+        texts_all = score_texts(pl.concat(texts, how="diagonal_relaxed"), items, level, scorer)
     else:
         steps_all = pl.DataFrame(schema=EMPTY_STEPS_SCHEMA)
         texts_all = score_texts(pl.DataFrame(schema=TEXT_SCHEMA), items, level)
