@@ -27,6 +27,7 @@ SUMMARY_SCHEMA = {
     "ci_high": pl.Float64,
     "truncated": pl.Float64,
     "unscored": pl.Int64,
+    "metric": pl.String,  # what decided each item's correctness (``records.metric``)
 }
 
 
@@ -64,10 +65,20 @@ def accuracy_table(
                 "ci_high": high,
                 "truncated": cut / len(outcomes) if len(outcomes) else None,
                 "unscored": int((group["verdict"] == "unscored").sum()),
+                "metric": _metrics_of(group),
             }
         )
     schema = {k: SUMMARY_SCHEMA.get(k, pl.String) for k in [*by, *list(SUMMARY_SCHEMA)[2:]]}
     return pl.DataFrame(rows, schema=schema).sort(by)
+
+
+def _metrics_of(group: pl.DataFrame) -> str | None:
+    """The metric(s) that scored a group's items ("acc"; "acc, exact_match" for a group of a
+    multiple-choice and a generated task); records from before ``metric``: "acc"."""
+    if "metric" not in group.columns:
+        return "acc"
+    names = group["metric"].drop_nulls().unique(maintain_order=True).to_list()
+    return ", ".join(names) or None
 
 
 PAIRED_SCHEMA = {

@@ -195,6 +195,17 @@ def patch_settings(t: RunTables) -> str:
     )
 
 
+def skipped_note(t: RunTables) -> str:
+    """Flagged items the patch stage left out, and why."""
+    skipped = (t.patch_run or {}).get("skipped") or {}
+    if not skipped.get("multiple_choice"):
+        return ""
+    return (
+        f"<p class='note'>{skipped['multiple_choice']} flagged multiple-choice items were not "
+        f"patched: {esc(skipped['reason'])}.</p>"
+    )
+
+
 def token_limit_note(t: RunTables) -> str:
     """Said outright when the patched generations had less room than the evaluated ones."""
     run = t.patch_run or {}
@@ -255,7 +266,8 @@ def behaviour(t: RunTables, fig_dir: Path, pngs: list[Path]) -> list[str]:
         "<p class='note'>Accuracy of greedy answers per suite with 95 % intervals (clean and "
         "corrupted: bootstrap over the evaluation's items). Patched: the clean model with the "
         "corrupted model's activation at one layer (last position, every generated token), "
-        "scored by the suite's checker; a patched answer that ran out of tokens is truncated, "
+        "scored by the suite's checker (a task beyond the built-in suites: by its own lm-eval "
+        "filters and metric); a patched answer that ran out of tokens is truncated, "
         "never correct. Per layer, 95 % Wilson intervals over prompts. A layer is "
         f"<i>incorrect</i> when the upper end of its interval is below {INCORRECT_BELOW} (most "
         "patched answers are wrong, with 95 % confidence); <i>incorrect from layer L+</i>: L "
@@ -278,7 +290,8 @@ def behaviour(t: RunTables, fig_dir: Path, pngs: list[Path]) -> list[str]:
             )
     pngs.append(figures.accuracy_figure(bars, suites, fig_dir / "accuracy.png"))
     n_flagged = t.flagged.filter(pl.col("model") == "corrupt").height
-    ci = t.summary.select("model", "suite", "n", "accuracy", "ci_low", "ci_high")
+    shown = ["model", "suite", "n", "accuracy", "ci_low", "ci_high", "metric"]
+    ci = t.summary.select([c for c in shown if c in t.summary.columns])
     flagged = t.flagged.group_by("model", "suite").len("flagged").sort("model", "suite")
     out += [
         "<details><summary>accuracy with 95% bootstrap intervals, every model</summary>",
@@ -287,6 +300,7 @@ def behaviour(t: RunTables, fig_dir: Path, pngs: list[Path]) -> list[str]:
         *paired_section(t),
         f"<p>Flagged (clean right, corrupted wrong): <b>{n_flagged}</b> items.</p>",
         page.table(flagged) if flagged.height else "",
+        skipped_note(t),
     ]
     if has_texts:
         by_layer = t.table2.filter(

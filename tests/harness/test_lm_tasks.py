@@ -185,3 +185,21 @@ def test_an_external_task_folder_runs_through_the_evaluation(tmp_path, folder, t
     assert set(run.summary["suite"]) == {"related", "mine"}
     meta = (tmp_path / "t" / "eval" / "run.json").read_text()
     assert '"tasks": [\n      "mine"' in meta
+
+
+def test_the_summary_states_the_metric_and_the_patch_stage_skips_choices_with_a_reason():
+    from harness.pipeline.patching import select_items, skipped_items
+    from harness.summary import summarize
+
+    records = pl.concat(
+        [external_records("clean", True, True), external_records("corrupt", False, False)]
+    )
+    summary = summarize(records, samples=20)
+    assert set(summary["metric"]) == {"acc, exact_match"}  # picks, then sums
+    flagged = flag(records)
+    assert set(flagged["output_type"]) == {"generate_until", "multiple_choice"}
+    items = select_items(records, flagged)
+    assert items.filter(pl.col("kind") == "flagged")["task"].to_list() == ["sums"]
+    skipped = skipped_items(flagged)
+    assert skipped["multiple_choice"] == 1 and "likelihood" in skipped["reason"]
+    assert skipped_items(flagged.filter(pl.col("task") == "sums")) == {}
