@@ -203,3 +203,37 @@ def test_the_summary_states_the_metric_and_the_patch_stage_skips_choices_with_a_
     skipped = skipped_items(flagged)
     assert skipped["multiple_choice"] == 1 and "likelihood" in skipped["reason"]
     assert skipped_items(flagged.filter(pl.col("task") == "sums")) == {}
+
+
+def test_eval_and_run_refuse_an_unknown_task_in_one_line_before_any_model_loads(
+    tmp_path, folder
+):
+    import json
+    import subprocess
+    import sys
+
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "name": "t",
+                "output_dir": str(tmp_path),
+                "models": {"clean": str(tmp_path / "c"), "corrupt": str(tmp_path / "c")},
+                "finetune": {"enabled": False},
+                "eval": {"tasks": ["sumz"], "include_paths": [str(folder)]},
+            }
+        )
+    )
+    (tmp_path / "c").mkdir()  # no weights at all: nothing may try to load them
+    for command in ("eval", "run"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "harness.cli", command, str(config)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert "unknown lm-eval task 'sumz'" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert not (tmp_path / "t" / "eval" / "records.parquet").exists()
