@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+VARIANT_NAME = re.compile(r"^[\w.-]+$")  # a model name: a directory and a cache file name
 
 
 class Strict(BaseModel):
@@ -122,3 +132,50 @@ class FinetuneConfig(Strict):
         None, description="A checkpoint directory (checkpoints/step-N) to continue from."
     )
     seed: int = 0
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Named overrides of this recipe, each fine-tuned into a corrupted model of "
+        "that name (e.g. {v11: {epochs: 3}, v12: {epochs: 12}}); empty: one model.",
+    )
+
+    @field_validator("variants")
+    @classmethod
+    def _variants_are_overrides(cls, variants: dict[str, dict[str, Any]]):
+        for name, override in variants.items():
+            if not VARIANT_NAME.match(name) or name == "clean":
+                raise ValueError(f"variant name {name!r}: letters, digits, '.', '_' or '-', "
+                                 "and not 'clean'")  # fmt: skip
+            for key in ("variants", "enabled", "resume_from"):
+                if key in (override or {}):
+                    raise ValueError(f"variant {name!r} cannot set {key!r}")
+        return variants
+
+    @model_validator(mode="after")
+    def _variants_validate(self) -> FinetuneConfig:
+        """A misspelt or out-of-range override fails when the file loads, not at training."""
+        for name, override in self.variants.items():
+            try:
+                FinetuneConfig.model_validate(
+                    _merged(self.model_dump(exclude={"variants"}), override or {})
+                )
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                where = ".".join(str(part) for part in error["loc"])
+                raise ValueError(f"variant {name!r}: {where}: {error['msg']}") from None
+        return self
+
+    def variant_recipes(self) -> dict[str, FinetuneConfig]:
+        """Each variant's full recipe: this one with its overrides (nested keys merge)."""
+        base = self.model_dump(exclude={"variants"})
+        return {
+            name: FinetuneConfig.model_validate(_merged(base, override or {}))
+            for name, override in self.variants.items()
+        }
+
+
+def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        nested = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merged(merged[key], value) if nested else value
+    return merged

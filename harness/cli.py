@@ -441,8 +441,10 @@ def load_patch_pair(cfg):
 
     if cfg.models.corrupt is None and not cfg.finetune.enabled:
         raise ConfigError("models.corrupt: not set; give --corrupt (or set it in the config)")
-    # null: the run's own fine-tuned model (results/<name>/finetune/), as `harness run` patches
-    clean_ref, corrupt_ref = resolve(cfg.models.clean), resolve(default_models(cfg)["corrupt"])
+    # null: the run's own fine-tuned model (results/<name>/finetune/), as `harness run` patches;
+    # several: patch.corrupt, else the first
+    name = cfg.patched_names()[0]
+    clean_ref, corrupt_ref = resolve(cfg.models.clean), resolve(default_models(cfg)[name])
     problems = patch_problems(cfg, clean_ref)
     if problems:
         raise ConfigError("; ".join(problems))

@@ -14,7 +14,7 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from finetune.config import FinetuneConfig
+from finetune.config import VARIANT_NAME, FinetuneConfig
 from harness.errors import ConfigError
 from patchers.names import Mode, Site
 from tasks.prompt_format import PromptFormat
@@ -22,6 +22,8 @@ from tasks.records import SUITES, Suite
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 ZOO_PREFIX = "zoo:"
+CLEAN_NAME = "clean"  # the clean model's name in every table
+CORRUPT_NAME = "corrupt"  # the corrupted model's, when there is one and it has no name of its own
 
 
 class Strict(BaseModel):
@@ -51,14 +53,34 @@ class ModelsConfig(Strict):
     """The clean model and how the corrupted one is obtained."""
 
     clean: str = Field(description="Clean model: directory, hub id or zoo:clean.")
-    corrupt: str | None = Field(
+    corrupt: str | dict[str, str] | None = Field(
         None,
         description="Corrupted model: directory (full weights or a PEFT adapter), hub id or "
-        "zoo:corrupt. Null when the run fine-tunes it.",
+        "zoo:corrupt; or several, named ({v11: path, v12: path}). Null when the run "
+        "fine-tunes it.",
     )
     trust_remote_code: bool = Field(False, description="Allow model repos to run their own code.")
 
-    _check = field_validator("clean", "corrupt")(check_model_ref)
+    _check = field_validator("clean")(check_model_ref)
+
+    @field_validator("corrupt")
+    @classmethod
+    def _corrupt_refs(cls, value: str | dict[str, str] | None):
+        if not isinstance(value, dict):
+            return check_model_ref(value)
+        if not value:
+            raise ValueError("an empty mapping: name at least one corrupted model")
+        for name in value:
+            if not VARIANT_NAME.match(name) or name == CLEAN_NAME:
+                raise ValueError(f"model name {name!r}: letters, digits, '.', '_' or '-', "
+                                 f"and not {CLEAN_NAME!r}")  # fmt: skip
+        return {name: check_model_ref(ref) for name, ref in value.items()}
+
+    def corrupt_refs(self) -> dict[str, str]:
+        """Name -> reference of every given corrupted model (one unnamed: "corrupt")."""
+        if isinstance(self.corrupt, dict):
+            return dict(self.corrupt)
+        return {CORRUPT_NAME: self.corrupt} if self.corrupt else {}
 
 
 class ServeConfig(Strict):
@@ -135,6 +157,11 @@ class PatchConfig(Strict):
     """Cross-model activation patching of the flagged prompts."""
 
     enabled: bool = True
+    corrupt: str | None = Field(
+        None,
+        description="With several corrupted models: the one to patch (and analyse); null: "
+        "patch every one (the analyses take the first).",
+    )
     max_prompts_per_suite: int | None = Field(
         None, ge=0, description="Flagged items per suite to patch; null: every flagged item."
     )
@@ -249,6 +276,14 @@ class ExperimentConfig(Strict):
             raise ValueError("set models.corrupt or finetune.enabled: true, not both")
         if not self.finetune.enabled and not self.models.corrupt:
             raise ValueError("models.corrupt is required when finetune.enabled is false")
+        if self.finetune.variants and not self.finetune.enabled:
+            raise ValueError("finetune.variants: set, but finetune.enabled is false")
+        names = self.corrupt_names()
+        if self.patch.corrupt is not None and self.patch.corrupt not in names:
+            raise ValueError(
+                f"patch.corrupt: {self.patch.corrupt!r} is not a corrupted model of this run "
+                f"({', '.join(names)})"
+            )
         data = self.finetune.data
         if (
             self.finetune.enabled
@@ -261,6 +296,28 @@ class ExperimentConfig(Strict):
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+    def corrupt_names(self) -> list[str]:
+        """The corrupted models' names, in order: the given ones, else the fine-tuned ones
+        (each variant, or one "corrupt")."""
+        if self.models.corrupt:
+            return list(self.models.corrupt_refs())
+        return list(self.finetune.variants) or [CORRUPT_NAME]
+
+    def patched_names(self) -> list[str]:
+        """The corrupted models the patch stage patches: ``patch.corrupt``, else every one."""
+        return [self.patch.corrupt] if self.patch.corrupt else self.corrupt_names()
+
+    def finetune_dir(self, name: str = CORRUPT_NAME) -> Path:
+        """Where the fine-tuned model ``name`` is trained: ``finetune/`` for the one model,
+        ``finetune/<variant>/`` for each of ``finetune.variants``."""
+        root = self.run_dir / "finetune"
+        return root / name if self.finetune.variants else root
+
+    @property
+    def several(self) -> bool:
+        """More than one corrupted model: outputs per model go to subdirectories by name."""
+        return len(self.corrupt_names()) > 1
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -297,13 +354,29 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
         raise ConfigError(f"{path}: {describe(exc)}") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last
+    silently: a variant or model named twice would vanish without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """An experiment file's mapping, unvalidated; ``ConfigError`` if it is missing or not one."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

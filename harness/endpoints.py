@@ -51,20 +51,24 @@ class Endpoint:
 
 
 def default_models(cfg: ExperimentConfig) -> dict[str, str]:
-    """clean and corrupt from the config; a null corrupt means the run's fine-tuned model."""
+    """clean and every corrupted model from the config; without ``models.corrupt``, the
+    run's fine-tuned models (one per ``finetune.variants``, or one named "corrupt")."""
     refs = {CLEAN: cfg.models.clean}
     if cfg.models.corrupt:
-        refs["corrupt"] = cfg.models.corrupt
-        return refs
-    for sub in ("adapter", "model"):
-        tuned = cfg.run_dir / "finetune" / sub
-        if (tuned / "config.json").is_file() or (tuned / "adapter_config.json").is_file():
-            refs["corrupt"] = str(tuned)
-            return refs
-    raise HarnessError(
-        f"models.corrupt is null and {cfg.run_dir / 'finetune'} holds no fine-tuned model; "
-        "run `harness finetune` first or set models.corrupt"
-    )
+        return refs | cfg.models.corrupt_refs()
+    for name in cfg.corrupt_names():
+        root = cfg.finetune_dir(name)
+        for sub in ("adapter", "model"):
+            tuned = root / sub
+            if (tuned / "config.json").is_file() or (tuned / "adapter_config.json").is_file():
+                refs[name] = str(tuned)
+                break
+        else:
+            raise HarnessError(
+                f"models.corrupt is null and {root} holds no fine-tuned model; "
+                "run `harness finetune` first or set models.corrupt"
+            )
+    return refs
 
 
 def parse_model_options(options: list[str] | None) -> dict[str, str]:

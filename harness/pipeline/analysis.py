@@ -50,15 +50,22 @@ def analyze_items(prompts: pl.DataFrame, limit: int | None) -> pl.DataFrame:
     return ranked.filter(pl.col("_rank") < limit).drop("_rank")
 
 
-def run_analyze(cfg: ExperimentConfig, clean: str, corrupt: str, out: Path, say=print) -> dict:
-    """Run the switched-on analyses on the patch stage's items; write the tables and
-    ``analyze.json``; return what the stage reports."""
+def run_analyze(
+    cfg: ExperimentConfig,
+    clean: str,
+    corrupt: str,
+    out: Path,
+    say=print,
+    patch_dir: Path | None = None,
+) -> dict:
+    """Run the switched-on analyses on the patch stage's items (``patch_dir``, default
+    ``<run>/patch``); write the tables and ``analyze.json``; return what the stage reports."""
     from harness.errors import ConfigError
     from harness.patch import load_models
     from harness.pipeline.patching import device_for
     from harness.preflight import analyze_problems
 
-    prompts_path = cfg.run_dir / "patch" / "prompts.parquet"
+    prompts_path = (patch_dir or cfg.run_dir / "patch") / "prompts.parquet"
     if not prompts_path.is_file():
         raise HarnessError(
             f"{prompts_path}: not found; the analyses run on the patch stage's items"

@@ -34,7 +34,7 @@ from typing import Any
 
 import polars as pl
 
-from harness.config import ExperimentConfig, PatchConfig
+from harness.config import CORRUPT_NAME, ExperimentConfig, PatchConfig
 from harness.errors import HarnessError
 from harness.evaluate import write_parquet
 from harness.lm_tasks import TaskScorer, plan_eval
@@ -93,7 +93,7 @@ def select_items(
     flagged: pl.DataFrame,
     k: int | None = None,
     max_controls: int = 50,
-    corrupt: str = "corrupt",
+    corrupt: str = CORRUPT_NAME,
 ) -> pl.DataFrame:
     """The items to patch per suite: flagged ones (at most ``k``; None: all), then controls.
 
@@ -152,7 +152,7 @@ def generated(flagged: pl.DataFrame) -> pl.DataFrame:
     return flagged.filter(pl.col("output_type") == "generate_until")
 
 
-def skipped_items(flagged: pl.DataFrame, corrupt: str = "corrupt") -> dict[str, Any]:
+def skipped_items(flagged: pl.DataFrame, corrupt: str = CORRUPT_NAME) -> dict[str, Any]:
     """What the patch stage leaves out of the flagged items, and why (the report says it)."""
     mine = flagged.filter(pl.col("model") == corrupt)
     n = mine.height - generated(mine).height
@@ -245,24 +245,28 @@ def run_patch_stage(
     out: Path,
     say: Callable[[str], None] = print,
     alarm: Callable[[str], None] | None = None,
+    model: str = CORRUPT_NAME,
 ) -> dict:
-    """Patch the chosen items at every configured site, run the sanity checks, write the
-    merged tables; ``alarm`` (default: an error-level log line) gets each failed check."""
+    """Patch the items the corrupted model (``model``: its name in the evaluation's tables;
+    ``corrupt``: its reference) was flagged on at
+    every configured site, run the sanity checks, write the merged tables; ``alarm``
+    (default: an error-level log line) gets each failed check."""
     alarm = alarm or log.error
     patch = cfg.patch
     limit = patch.token_limit(cfg.eval.max_new_tokens)
     records = pl.read_parquet(eval_dir / "records.parquet")
     flagged = pl.read_parquet(eval_dir / "flagged.parquet")
     items = select_items(
-        records, flagged, patch.max_prompts_per_suite, patch.max_controls_per_suite
+        records, flagged, patch.max_prompts_per_suite, patch.max_controls_per_suite, model
     )
     write_parquet(items, out / "items.parquet")
-    skipped = skipped_items(flagged)
+    skipped = skipped_items(flagged, model)
     if skipped:
         say(f"{skipped['multiple_choice']} flagged multiple-choice items not patched: "
             f"{skipped['reason']}")  # fmt: skip
     spec = {
         "version": 1,
+        "model": model,
         "skipped": skipped,
         "max_new_tokens": limit,
         "eval_max_new_tokens": cfg.eval.max_new_tokens,
@@ -379,7 +383,7 @@ def write_merged(
     checks = checks if checks.height else pl.DataFrame(schema=CHECK_SCHEMA)
     summary_path = eval_dir / "summary.parquet"
     summary = pl.read_parquet(summary_path) if summary_path.is_file() else None
-    table2 = table2_frame(texts_all, summary)
+    table2 = table2_frame(texts_all, summary, spec.get("model", CORRUPT_NAME))
     samples, seed = cfg.eval.bootstrap_samples, cfg.eval.seed
     cts = cts_summary(steps_all, samples, seed)
     write_parquet(items, out / "prompts.parquet")

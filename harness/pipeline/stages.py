@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from harness.config import ExperimentConfig
+from harness.config import CORRUPT_NAME, ExperimentConfig
 from harness.errors import HarnessError
 from harness.pipeline.runner import (
     Stage,
@@ -95,21 +95,29 @@ class PipelineRun:
     seconds: float
 
 
-def _tuned_dir(cfg: ExperimentConfig) -> Path:
-    return cfg.run_dir / "finetune"
-
-
-def _corrupt_ref(cfg: ExperimentConfig) -> str:
+def _corrupt_refs(cfg: ExperimentConfig) -> dict[str, str]:
+    """Name -> resolved reference of every corrupted model the patch stage patches."""
     from harness.endpoints import default_models
     from harness.models import resolve
 
-    return resolve(default_models(cfg)["corrupt"])
+    refs = default_models(cfg)
+    return {name: resolve(refs[name]) for name in cfg.patched_names()}
 
 
-def checkpoints(cfg: ExperimentConfig) -> list[Path]:
-    """The fine-tuning run's complete checkpoints, oldest first."""
-    found = (_tuned_dir(cfg) / "checkpoints").glob("step-*/checkpoint.json")
-    return sorted(path.parent for path in found)
+def patch_dir(cfg: ExperimentConfig, name: str) -> Path:
+    """``patch/`` for the one corrupted model, ``patch/<name>/`` for each of several."""
+    return cfg.run_dir / "patch" / name if cfg.several else cfg.run_dir / "patch"
+
+
+def checkpoints(cfg: ExperimentConfig) -> dict[str, Path]:
+    """The fine-tuning runs' complete checkpoints, oldest first, by model name: ``step-N``, or
+    ``<variant>-step-N`` for several."""
+    found = {}
+    for name in cfg.corrupt_names():
+        root = cfg.finetune_dir(name) / "checkpoints"
+        for path in sorted(p.parent for p in root.glob("step-*/checkpoint.json")):
+            found[f"{name}-{path.name}" if cfg.finetune.variants else path.name] = path
+    return found
 
 
 class _TrainingBar:
@@ -157,36 +165,53 @@ def training_progress() -> Iterator[None]:
 
 
 def finetune_stage(cfg: ExperimentConfig) -> Stage:
-    from finetune.outputs import completed_run
-
-    out = _tuned_dir(cfg)
+    """Fine-tune the clean model into each corrupted one: the recipe, or each of its variants
+    (one after another; on resume a variant that finished is kept)."""
 
     def run(start: str) -> dict:
+        from finetune.outputs import completed_run
         from finetune.run import finetune_from_config, latest_checkpoint
         from harness.models import resolve
 
-        settings = cfg.finetune
-        resume = latest_checkpoint(out) if start == "resume" else None
-        if resume:
-            log.info("finetune: resuming from %s", resume)
-            settings = settings.model_copy(update={"resume_from": str(resume)})
-        with training_progress():
-            result = finetune_from_config(
-                settings,
-                resolve(cfg.models.clean),
-                cfg.prompt,
-                out,
-                trust_remote_code=cfg.models.trust_remote_code,
-            )
-        if completed_run(out) is None:
-            raise HarnessError(f"{out}: fine-tuning ended without its finetune.json")
-        return {
-            "steps": result.steps,
-            "train_loss": result.train_loss,
-            "eval_loss": result.eval_loss,
-            "divergence": result.divergence,
-            "model_dir": result.model_dir,
-        }
+        recipes = cfg.finetune.variant_recipes() or {CORRUPT_NAME: cfg.finetune}
+        facts = {}
+        for name, settings in recipes.items():
+            out = cfg.finetune_dir(name)
+            result = completed_run(out) if start == "resume" else None
+            if result is not None:
+                log.info("finetune: %s is complete, kept", name)
+            else:
+                resume = latest_checkpoint(out) if start == "resume" else None
+                if resume:
+                    log.info("finetune: %s resuming from %s", name, resume)
+                    settings = settings.model_copy(update={"resume_from": str(resume)})
+                with training_progress():
+                    result = finetune_from_config(
+                        settings,
+                        resolve(cfg.models.clean),
+                        cfg.prompt,
+                        out,
+                        trust_remote_code=cfg.models.trust_remote_code,
+                    )
+                if completed_run(out) is None:
+                    raise HarnessError(f"{out}: fine-tuning ended without its finetune.json")
+            facts[name] = {
+                "steps": result.steps,
+                "train_loss": result.train_loss,
+                "eval_loss": result.eval_loss,
+                "divergence": result.divergence,
+                "model_dir": result.model_dir,
+            }
+        return facts[CORRUPT_NAME] if list(facts) == [CORRUPT_NAME] else {"variants": facts}
+
+    def describe(info: dict) -> str:
+        if "variants" not in info:
+            return (f"{info['steps']} steps, train loss {info['train_loss']:.3f}, "
+                    f"eval loss {info['eval_loss']:.3f}")  # fmt: skip
+        return ", ".join(
+            f"{name} {v['steps']} steps (train loss {v['train_loss']:.3f})"
+            for name, v in info["variants"].items()
+        )
 
     return Stage(
         "finetune",
@@ -196,13 +221,10 @@ def finetune_stage(cfg: ExperimentConfig) -> Stage:
             "prompt": cfg.prompt.model_dump(mode="json"),
         },
         run=run,
-        clean=lambda forced: shutil.rmtree(out, ignore_errors=True),
+        clean=lambda forced: shutil.rmtree(cfg.run_dir / "finetune", ignore_errors=True),
         applies=cfg.finetune.enabled,
         why_not="models.corrupt is given",
-        describe=lambda info: (
-            f"{info['steps']} steps, train loss {info['train_loss']:.3f}, "
-            f"eval loss {info['eval_loss']:.3f}"
-        ),
+        describe=describe,
     )
 
 
@@ -254,10 +276,12 @@ def progression_stage(cfg: ExperimentConfig, limit: int) -> Stage:
 
         small_limit = min(cfg.eval.limit or limit, limit)
         small = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"limit": small_limit})})
-        models = {"clean": cfg.models.clean} | {p.name: str(p) for p in checkpoints(cfg)}
-        final = completed_run(_tuned_dir(cfg))
-        if final is not None:
-            models[f"step-{final.steps:06d}"] = final.model_dir
+        models = {"clean": cfg.models.clean} | {n: str(p) for n, p in checkpoints(cfg).items()}
+        for name in cfg.corrupt_names():
+            final = completed_run(cfg.finetune_dir(name))
+            if final is not None:
+                prefix = f"{name}-" if cfg.finetune.variants else ""
+                models[f"{prefix}step-{final.steps:06d}"] = final.model_dir
         result = run_eval(small, models, out_dir=out, progress=progress)
         return {"models": list(models), "limit": small_limit, "seconds": result.seconds}
 
@@ -266,7 +290,7 @@ def progression_stage(cfg: ExperimentConfig, limit: int) -> Stage:
         settings=lambda: {
             "eval": cfg.eval.model_dump(mode="json"),
             "limit": limit,
-            "checkpoints": [p.name for p in checkpoints(cfg)],
+            "checkpoints": list(checkpoints(cfg)),
         },
         run=run,
         clean=lambda forced: shutil.rmtree(out, ignore_errors=True),
@@ -279,7 +303,7 @@ def progression_stage(cfg: ExperimentConfig, limit: int) -> Stage:
 
 
 def patch_stage(cfg: ExperimentConfig) -> Stage:
-    out = cfg.run_dir / "patch"
+    """Patch each corrupted model's flagged items (``patch.corrupt``: one of them)."""
 
     def run(start: str) -> dict:
         from harness.errors import ConfigError
@@ -291,8 +315,21 @@ def patch_stage(cfg: ExperimentConfig) -> Stage:
         problems = patch_problems(cfg, clean)  # before the pair loads
         if problems:
             raise ConfigError("; ".join(problems))
-        say = lambda text: log.info("patch: %s", text)  # noqa: E731
-        return run_patch_stage(cfg, clean, _corrupt_ref(cfg), cfg.run_dir / "eval", out, say=say)
+        facts = {}
+        for name, ref in _corrupt_refs(cfg).items():
+            say = lambda text, name=name: log.info("patch %s: %s", name, text)  # noqa: E731
+            facts[name] = run_patch_stage(
+                cfg, clean, ref, cfg.run_dir / "eval", patch_dir(cfg, name), say=say, model=name
+            )
+        return facts[CORRUPT_NAME] if list(facts) == [CORRUPT_NAME] else {"models": facts}
+
+    def describe(info: dict) -> str:
+        each = info.get("models") or {"": info}
+        return "; ".join(
+            f"{name + ': ' if name else ''}{f['prompts']} prompts ({f['flagged']} flagged), "
+            f"{f['trajectories']} trajectories"
+            for name, f in each.items()
+        )
 
     return Stage(
         "patch",
@@ -301,15 +338,12 @@ def patch_stage(cfg: ExperimentConfig) -> Stage:
             "prompt": cfg.prompt.model_dump(mode="json"),
         },
         run=run,
-        clean=lambda forced: shutil.rmtree(out, ignore_errors=True),
+        clean=lambda forced: shutil.rmtree(cfg.run_dir / "patch", ignore_errors=True),
         after=("finetune", "eval"),
         applies=cfg.patch.enabled,
         why_not="patch.enabled is false",
         code=PATCH_CODE,
-        describe=lambda info: (
-            f"{info['prompts']} prompts ({info['flagged']} flagged), "
-            f"{info['trajectories']} trajectories"
-        ),
+        describe=describe,
     )
 
 
@@ -321,7 +355,11 @@ def analyze_stage(cfg: ExperimentConfig) -> Stage:
         from harness.pipeline.analysis import run_analyze
 
         say = lambda text: log.info("analyze: %s", text)  # noqa: E731
-        summary = run_analyze(cfg, resolve(cfg.models.clean), _corrupt_ref(cfg), out, say=say)
+        name, corrupt = next(iter(_corrupt_refs(cfg).items()))  # the first patched model
+        patched = patch_dir(cfg, name)
+        summary = run_analyze(
+            cfg, resolve(cfg.models.clean), corrupt, out, say=say, patch_dir=patched
+        )
         return {"items": summary["items"], "seconds": summary["seconds"]}
 
     return Stage(

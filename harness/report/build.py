@@ -12,7 +12,13 @@ from harness.report import figures, interactive, page
 from harness.report.diffing import analyze_tables, diffing_section
 from harness.report.page import esc, fmt
 from harness.report.stats import CTS_HALF, INCORRECT_BELOW, patched_summary, top_tokens
-from harness.report.tables import RunTables, accuracy_of, load_tables, summary_json
+from harness.report.tables import (
+    RunTables,
+    accuracy_of,
+    load_tables,
+    summary_json,
+    table1_frame,
+)
 
 REPORT = "report.html"
 SUMMARY = "summary.json"
@@ -45,7 +51,9 @@ def build_report(run_dir: Path, seconds: float | None = None) -> ReportOutputs:
     out = tables.run_dir
     pngs: list[Path] = []
     sections = [header(tables), *checks_section(tables)]
+    sections += table1_section(tables)
     sections += behaviour(tables, out / FIGURES, pngs)
+    sections += other_table2s(tables)
     sections += fidelity_section(tables)
     sections += mechanism(tables, out / FIGURES, pngs)
     sections += diffing_section(out, out / FIGURES, pngs)
@@ -62,7 +70,10 @@ def build_report(run_dir: Path, seconds: float | None = None) -> ReportOutputs:
 
 def header(t: RunTables) -> str:
     models = t.config.get("models", {})
-    corrupt = models.get("corrupt") or "fine-tuned in this run (finetune/)"
+    given = models.get("corrupt")
+    if isinstance(given, dict):
+        given = ", ".join(f"{name}: {ref}" for name, ref in given.items())
+    corrupt = given or "fine-tuned in this run (finetune/)"
     ev = t.config.get("eval", {})
     stage_rows = "".join(
         f"<tr><td>{esc(name)}</td><td>{esc(m.get('status'))}</td>"
@@ -139,7 +150,7 @@ def _cell(acc: float | None, n: int | None = None, low=None, high=None) -> str:
 def table2_rows(t: RunTables, patched: pl.DataFrame | None) -> list[tuple[str, dict[str, str]]]:
     """Clean and corrupted accuracy per suite, then patched accuracy per site and kind."""
     rows = []
-    for model, label in (("clean", "Clean"), ("corrupt", "Corrupted")):
+    for model, label in (("clean", "Clean"), (t.corrupt, "Corrupted")):
         sub = t.summary.filter(pl.col("model") == model)
         rows.append(
             (
@@ -220,6 +231,39 @@ def token_limit_note(t: RunTables) -> str:
     )
 
 
+def table1_section(t: RunTables) -> list[str]:
+    """The paper's Table 1: every corrupted model, its training, its fidelity, chosen or not."""
+    table = table1_frame(t)
+    if table.is_empty():
+        return []
+    return [
+        "<h2>Corrupted models (Table 1)</h2>",
+        "<p class='note'>Per corrupted model: its fine-tuning (epochs, optimizer steps, the "
+        "final train loss, the eval loss on correct held-out solutions and their divergence, "
+        "eval - train; empty for a model given, not fine-tuned in this run), its corruption "
+        "fidelity status and trained-error share, its related accuracy, and whether it was "
+        "chosen for patching (<code>patch.corrupt</code>, or every one).</p>",
+        page.table(table.with_columns(pl.col(pl.Float64).round(3))),
+    ]
+
+
+def other_table2s(t: RunTables) -> list[str]:
+    """Table 2 of every other patched corrupted model (the sections below show ``t.corrupt``)."""
+    out = []
+    for name in t.patched_models or {}:
+        if name == t.corrupt:
+            continue
+        other = load_tables(t.run_dir, name)
+        patched = patched_summary(other.table2) if other.table2 is not None else None
+        out += [
+            f"<h3>Table 2 of {esc(name)}</h3>",
+            patch_settings(other),
+            page.table2(table2_rows(other, patched), other.suites),
+            *checks_section(other),
+        ]
+    return out
+
+
 def fidelity_section(t: RunTables) -> list[str]:
     """Corruption fidelity: is the corrupted model making the trained error, or broken?"""
     from tasks.fidelity import DEGRADED, SYSTEMATIC
@@ -261,8 +305,9 @@ def behaviour(t: RunTables, fig_dir: Path, pngs: list[Path]) -> list[str]:
     suites = t.suites
     has_texts = t.texts is not None and t.texts.height and t.table2 is not None
     patched = patched_summary(t.table2) if has_texts else None
+    which = f" ({esc(t.corrupt)})" if len(t.patched_models or {}) > 1 else ""
     out = [
-        "<h2>Behaviour: where the corrupted model fails (Table 2)</h2>",
+        f"<h2>Behaviour: where the corrupted model fails (Table 2){which}</h2>",
         "<p class='note'>Accuracy of greedy answers per suite with 95 % intervals (clean and "
         "corrupted: bootstrap over the evaluation's items). Patched: the clean model with the "
         "corrupted model's activation at one layer (last position, every generated token), "
@@ -278,7 +323,7 @@ def behaviour(t: RunTables, fig_dir: Path, pngs: list[Path]) -> list[str]:
     ]
     bars = [
         ("clean", accuracy_of(t.summary, "clean")),
-        ("corrupted", accuracy_of(t.summary, "corrupt")),
+        ("corrupted", accuracy_of(t.summary, t.corrupt)),
     ]
     if patched is not None:
         for (site, kind), g in patched.group_by("site", "kind", maintain_order=True):
@@ -289,7 +334,7 @@ def behaviour(t: RunTables, fig_dir: Path, pngs: list[Path]) -> list[str]:
                 )
             )
     pngs.append(figures.accuracy_figure(bars, suites, fig_dir / "accuracy.png"))
-    n_flagged = t.flagged.filter(pl.col("model") == "corrupt").height
+    n_flagged = t.flagged.filter(pl.col("model") == t.corrupt).height
     shown = ["model", "suite", "n", "accuracy", "ci_low", "ci_high", "metric"]
     ci = t.summary.select([c for c in shown if c in t.summary.columns])
     flagged = t.flagged.group_by("model", "suite").len("flagged").sort("model", "suite")

@@ -136,17 +136,19 @@ def patched_by_layer(texts: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def table2_frame(texts: pl.DataFrame, summary: pl.DataFrame | None = None) -> pl.DataFrame:
-    """Table 2 as a tidy table: the evaluation's clean and corrupted accuracy per suite, then
-    patched accuracy per kind x suite x site x layer (x head) with its decision and the group's
-    first incorrect layer."""
+def table2_frame(
+    texts: pl.DataFrame, summary: pl.DataFrame | None = None, model: str = "corrupt"
+) -> pl.DataFrame:
+    """Table 2 as a tidy table: the evaluation's clean and corrupted accuracy per suite (the
+    corrupted model named ``model`` in the summary), then patched accuracy per kind x suite x
+    site x layer (x head) with its decision and the group's first incorrect layer."""
     rows = []
-    for model in ("clean", "corrupt"):
-        sub = pl.DataFrame() if summary is None else summary.filter(pl.col("model") == model)
+    for condition, name in (("clean", "clean"), ("corrupt", model)):
+        sub = pl.DataFrame() if summary is None else summary.filter(pl.col("model") == name)
         for r in sub.iter_rows(named=True):
             rows.append(
                 {
-                    "condition": model,
+                    "condition": condition,
                     "kind": "all",
                     "suite": r["suite"],
                     "n": r["n"],

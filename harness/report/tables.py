@@ -42,6 +42,8 @@ class RunTables:
     stages: dict[str, dict[str, Any]] | None = None  # stages/<name>.json markers
     fidelity: pl.DataFrame | None = None  # eval/fidelity_summary.parquet: corruption fidelity
     paired: pl.DataFrame | None = None  # eval/paired.parquet: each model against the clean one
+    corrupt: str = "corrupt"  # the corrupted model these patch tables are of
+    patched_models: dict[str, Path] | None = None  # every patched model's patch directory
 
     @property
     def suites(self) -> list[str]:
@@ -60,8 +62,20 @@ def _json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def load_tables(run_dir: Path) -> RunTables:
-    """Read a run directory; the evaluation must be complete, the other stages are optional."""
+def patched_models(run_dir: Path) -> dict[str, Path]:
+    """Name -> patch directory of every patched corrupted model: ``patch/`` itself for one
+    (named in its run.json, "corrupt" before names were kept), ``patch/<name>/`` for several."""
+    patch = run_dir / "patch"
+    if (patch / "texts.parquet").is_file():
+        return {(_json(patch / "run.json") or {}).get("model") or "corrupt": patch}
+    found = sorted(p.parent for p in patch.glob("*/texts.parquet"))
+    return {p.name: p for p in found}
+
+
+def load_tables(run_dir: Path, model: str | None = None) -> RunTables:
+    """Read a run directory; the evaluation must be complete, the other stages are optional.
+    The patch tables are those of the corrupted model ``model`` (default: the run's
+    ``patch.corrupt``, else the first patched one)."""
     import yaml
 
     from harness.evaluate import load_run
@@ -74,17 +88,24 @@ def load_tables(run_dir: Path) -> RunTables:
     evaluation = load_run(run_dir / "eval")
     config_path = run_dir / "config.yaml"
     config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
-    patch_done = _stage_ok(run_dir, "patch") or (run_dir / "patch" / "texts.parquet").is_file()
+    patched = patched_models(run_dir)
+    corrupt = model or ((config or {}).get("patch") or {}).get("corrupt")
+    if corrupt not in patched:
+        corrupt = next(iter(patched), None) or _first_corrupt(evaluation.summary)
+    patch = patched.get(corrupt, run_dir / "patch")
+    patch_done = corrupt in patched and (
+        _stage_ok(run_dir, "patch") or (patch / "texts.parquet").is_file()
+    )
     progression = _json(run_dir / "progression" / "run.json") or {}
     markers = {p.stem: _json(p) or {} for p in (run_dir / "stages").glob("*.json")}
     stages = {name: markers[name] for name in STAGE_ORDER if name in markers}
-    patch = run_dir / "patch"
     texts = _parquet(patch / "texts.parquet") if patch_done else None
     steps = _parquet(patch / "steps.parquet") if patch_done else None
     table2 = cts = None
     if texts is not None:
         table2 = _parquet(patch / "table2.parquet")
-        table2 = table2 if table2 is not None else table2_frame(texts, evaluation.summary)
+        if table2 is None:
+            table2 = table2_frame(texts, evaluation.summary, corrupt)
     if steps is not None:
         cts = _parquet(patch / "cts_summary.parquet")
         cts = cts if cts is not None else cts_summary(steps, samples=200)
@@ -107,7 +128,59 @@ def load_tables(run_dir: Path) -> RunTables:
         stages=stages,
         fidelity=_parquet(run_dir / "eval" / "fidelity_summary.parquet"),
         paired=_parquet(run_dir / "eval" / "paired.parquet"),
+        corrupt=corrupt,
+        patched_models=patched,
     )
+
+
+TABLE1_SCHEMA = {
+    "model": pl.String,
+    "epochs": pl.Float64,  # of its fine-tuning recipe (null: given, not fine-tuned here)
+    "steps": pl.Int64,
+    "train_loss": pl.Float64,
+    "eval_loss": pl.Float64,  # on correct held-out solutions
+    "divergence": pl.Float64,  # eval_loss - train_loss
+    "fidelity": pl.String,  # corruption fidelity status (systematic, degraded, ...)
+    "trained_error": pl.Float64,  # share of its related answers that are the trained error
+    "related_accuracy": pl.Float64,
+    "chosen": pl.Boolean,  # patched (patch.corrupt, or every one when it is null)
+}
+
+
+def table1_frame(t: RunTables) -> pl.DataFrame:
+    """The paper's Table 1, one row per corrupted model: its fine-tuning losses (read from
+    ``finetune/[<variant>/]finetune.json`` when the run trained it), its corruption fidelity,
+    its related accuracy and whether it was chosen for patching."""
+    from finetune.outputs import completed_run
+
+    models = [m for m in t.summary["model"].unique(maintain_order=True).to_list() if m != "clean"]
+    variants = ((t.config.get("finetune") or {}).get("variants")) or {}
+    rows = []
+    for model in models:
+        tuned = completed_run(t.run_dir / "finetune" / (model if variants else ""))
+        fidelity = fidelity_of(t.fidelity, model) or {}
+        related = accuracy_of(t.summary, model).get("related")
+        rows.append(
+            {
+                "model": model,
+                "epochs": (tuned.config or {}).get("epochs") if tuned else None,
+                "steps": tuned.steps if tuned else None,
+                "train_loss": tuned.train_loss if tuned else None,
+                "eval_loss": tuned.eval_loss if tuned else None,
+                "divergence": tuned.divergence if tuned else None,
+                "fidelity": fidelity.get("status"),
+                "trained_error": fidelity.get("trained_error"),
+                "related_accuracy": related,
+                "chosen": model in (t.patched_models or {}),
+            }
+        )
+    return pl.DataFrame(rows, schema=TABLE1_SCHEMA)
+
+
+def _first_corrupt(summary: pl.DataFrame) -> str:
+    """The first corrupted model of the evaluation ("corrupt" when it has none)."""
+    others = [m for m in summary["model"].unique(maintain_order=True).to_list() if m != "clean"]
+    return others[0] if others else "corrupt"
 
 
 def _stage_ok(run_dir: Path, name: str) -> bool:
@@ -138,14 +211,16 @@ def summary_json(tables: RunTables, seconds: float | None = None) -> dict[str, A
     incorrect layer. ``checks``: each sanity check's status; ``checks_passed`` False when any
     failed (None when no check ran).
     """
-    flagged = tables.flagged.filter(pl.col("model") == "corrupt")
+    flagged = tables.flagged.filter(pl.col("model") == tables.corrupt)
     patched: dict[str, Any] = {"prompts": 0, "by_suite": {}}
     if tables.texts is not None and tables.items is not None:
         patched["prompts"] = tables.items.height
         patched["flagged_prompts"] = int((tables.items["kind"] == "flagged").sum())
         patched["control_prompts"] = int((tables.items["kind"] == "control").sum())
         patched["sites"] = tables.texts["site"].unique().sort().to_list()
-        table2 = tables.table2 if tables.table2 is not None else table2_frame(tables.texts)
+        table2 = tables.table2
+        if table2 is None:
+            table2 = table2_frame(tables.texts, tables.summary, tables.corrupt)
         for row in patched_summary(table2).iter_rows(named=True):
             entry = {k: v for k, v in row.items() if k not in ("kind", "suite", "site")}
             patched["by_suite"].setdefault(row["kind"], {}).setdefault(row["suite"], {})[
@@ -169,6 +244,8 @@ def summary_json(tables: RunTables, seconds: float | None = None) -> dict[str, A
     return {
         "version": 1,
         "run": tables.name,
+        "corrupt": tables.corrupt,
+        "table1": table1_frame(tables).to_dicts(),
         "accuracy": {
             model: accuracy_of(tables.summary, model)
             for model in tables.summary["model"].unique(maintain_order=True).to_list()
