@@ -11,6 +11,14 @@ for its commit (sqlitedict 2.1: ``__setitem__`` -> blocking ``commit``); with sq
 ``synchronous=OFF`` that survives a killed process, though not a power cut. The engines follow
 the server plan (LoRA modules on the clean engine, merged weights on engines of their own); only
 one engine is alive at a time, so memory holds one model.
+
+Models that share an engine (the clean base and its LoRA modules) answer together: the first of
+them to generate sends each chunk of prompts once per model still to be evaluated (its own LoRA
+request each, one ``generate`` call), and keeps the others' answers until their own lm-eval
+runs ask for them. lm-eval evaluates one adapter per run and reloads the model for each; here
+K adapters cost one engine start and batches K times as large, which on few cores is most of
+the gain (``bench/adapters.py``). A model whose request cache already holds an answer never
+asks for the kept one; it is dropped with the engine.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from harness.config import ServeConfig
 from harness.endpoints import ModelEntry, plan_servers, planned_tokenizers
 from harness.errors import HarnessError
 from harness.lm_models import GREEDY, FinishRecorded, PromptFormatted, as_prompt_format
+from harness.records import request_key
 from harness.serve import ServerSpec, engine_args, has_gpu
 
 
@@ -94,6 +103,8 @@ class InProcessEngines:
         self.startup_seconds = 0.0
         self._stack = ExitStack()
         self._current: tuple[int, Any] | None = None
+        self._started: set[str] = set()  # models whose lm-eval run has begun
+        self.kept = KeptAnswers()
 
     def engine(self, index: int) -> Any:
         if self._current and self._current[0] == index:
@@ -110,20 +121,55 @@ class InProcessEngines:
         from transformers import AutoTokenizer
 
         index, _, serial = self.where[name]
-        modules = {m.name: m for m in self.specs[index].loras}
-        lora = None
-        if name in modules:
-            lora = (name, list(modules).index(name) + 1, str(modules[name].path))
         tokenizer = AutoTokenizer.from_pretrained(
             self.tokenizers[name], trust_remote_code=self.specs[index].trust_remote_code
         )
+        self._started.add(name)
+        siblings = [  # the models still to come on this engine, prompted alike
+            (other, self._lora(other))
+            for other, (i, _, _) in self.where.items()
+            if i == index and other not in self._started
+            and self.tokenizers[other] == self.tokenizers[name]
+        ]  # fmt: skip
         return InProcessLM(
-            self.engine(index), tokenizer, lora=lora, serial_logprobs=serial, **kwargs
+            self.engine(index),
+            tokenizer,
+            lora=self._lora(name),
+            serial_logprobs=serial,
+            name=name,
+            siblings=siblings,
+            kept=self.kept,
+            **kwargs,
         )
+
+    def _lora(self, name: str) -> tuple[str, int, str] | None:
+        """(name, id, path) of the LoRA module ``name`` on its engine; None for a base model."""
+        modules = {m.name: m for m in self.specs[self.where[name][0]].loras}
+        if name not in modules:
+            return None
+        return (name, list(modules).index(name) + 1, str(modules[name].path))
 
     def close(self) -> None:
         self._stack.close()
         self._current = None
+        self.kept.clear()
+
+
+class KeptAnswers:
+    """Answers generated for a model before its own run asked: model -> request key ->
+    (text, finish reason, tokens). Taken once."""
+
+    def __init__(self) -> None:
+        self._answers: dict[str, dict[str, tuple[str, str | None, int]]] = {}
+
+    def keep(self, model: str, args: Any, text: str, finish: str | None, n_tokens: int) -> None:
+        self._answers.setdefault(model, {})[request_key(args)] = (text, finish, n_tokens)
+
+    def take(self, model: str, args: Any) -> tuple[str, str | None, int] | None:
+        return self._answers.get(model, {}).pop(request_key(args), None)
+
+    def clear(self) -> None:
+        self._answers.clear()
 
 
 @register_model("harness-vllm")
@@ -147,8 +193,13 @@ class InProcessLM(FinishRecorded, PromptFormatted, TemplateLM):
         max_gen_toks: int = 256,
         seed: int = 0,
         batch_size: int = 64,
+        name: str | None = None,
+        siblings: list[tuple[str, tuple[str, int, str] | None]] | None = None,
+        kept: KeptAnswers | None = None,
     ) -> None:
         super().__init__()
+        self.name = name
+        self.kept = kept or KeptAnswers()
         self.batch_size = max(1, int(batch_size))
         self.llm = llm
         self.tokenizer = tokenizer
@@ -157,11 +208,11 @@ class InProcessLM(FinishRecorded, PromptFormatted, TemplateLM):
         self._max_length = max_length
         self._max_gen_toks = max_gen_toks
         self.seed = seed
-        self.lora_request = None
-        if lora:
-            from vllm.lora.request import LoRARequest
+        from vllm.lora.request import LoRARequest
 
-            self.lora_request = LoRARequest(*lora)
+        self.lora_request = LoRARequest(*lora) if lora else None
+        # the models that answer alongside this one: (name, their LoRA request or None)
+        self.siblings = [(n, LoRARequest(*m) if m else None) for n, m in siblings or []]
 
     @property
     def eot_token_id(self) -> int:
@@ -181,20 +232,36 @@ class InProcessLM(FinishRecorded, PromptFormatted, TemplateLM):
 
         return SamplingParams(**{**GREEDY, "seed": self.seed, **kwargs})
 
-    def _run(self, prompts: list[list[int]], params: Any) -> list[Any]:
+    def _run(self, prompts: list[list[int]], params: Any, lora_requests: Any = None) -> list[Any]:
         return self.llm.generate(
             [{"prompt_token_ids": ids} for ids in prompts],
             params,
             use_tqdm=False,
-            lora_request=self.lora_request,
+            lora_request=self.lora_request if lora_requests is None else lora_requests,
         )
 
+    def _answer(self, request: Any, text: str, finish: str | None, n_tokens: int) -> str:
+        """Record one answer: its finish first, then the text into lm-eval's cache."""
+        self.record_finish(request.args, finish, n_tokens)
+        self.cache_hook.add_partial("generate_until", request.args, text)
+        return text
+
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
-        """Greedy completions for every request, ``batch_size`` prompts per engine call; each
-        chunk is cached (finish reason first, then the text) before the next one starts."""
+        """Greedy completions for every request, ``batch_size`` prompts per model and engine
+        call (the siblings' copies of the prompts ride along); each chunk is cached (finish
+        reason first, then the text) before the next one starts. Answers a sibling generated
+        earlier are taken as they are."""
+        texts: dict[int, str] = {}
+        todo = []
+        for i, request in enumerate(requests):
+            kept = self.kept.take(self.name, request.args) if self.name else None
+            if kept is None:
+                todo.append(i)
+            else:
+                texts[i] = self._answer(request, *kept)
         prompts, params = [], []
         eos = self.tokenizer.decode([self.eot_token_id])
-        for context, gen_kwargs in (r.args for r in requests):
+        for context, gen_kwargs in (requests[i].args for i in todo):
             kwargs = normalize_gen_kwargs(gen_kwargs, self._max_gen_toks)
             ids = self.encode_prompt(context)
             room = self.max_length - kwargs["max_gen_toks"]
@@ -203,18 +270,23 @@ class InProcessLM(FinishRecorded, PromptFormatted, TemplateLM):
             stop = handle_stop_sequences(kwargs.get("until"), eos)
             prompts.append(ids)
             params.append(self._params(max_tokens=max_tokens, stop=stop))
-        texts: list[str] = []
         for start in range(0, len(prompts), self.batch_size):
             end = start + self.batch_size
-            outputs = self._run(prompts[start:end], params[start:end])
-            for request, out in zip(requests[start:end], outputs, strict=True):
-                completion = out.outputs[0]
-                self.record_finish(
-                    request.args, completion.finish_reason, len(completion.token_ids)
-                )
-                self.cache_hook.add_partial("generate_until", request.args, completion.text)
-                texts.append(completion.text)
-        return texts
+            chunk = todo[start:end]
+            models = [(self.name, self.lora_request), *self.siblings]
+            loras = [lora for _, lora in models for _ in chunk]
+            outputs = self._run(prompts[start:end] * len(models), params[start:end] * len(models),
+                                loras)  # fmt: skip
+            for m, (name, _) in enumerate(models):
+                for i, out in zip(chunk, outputs[m * len(chunk) : (m + 1) * len(chunk)],
+                                  strict=True):  # fmt: skip
+                    completion = out.outputs[0]
+                    answer = (completion.text, completion.finish_reason, len(completion.token_ids))
+                    if m == 0:
+                        texts[i] = self._answer(requests[i], *answer)
+                    else:
+                        self.kept.keep(name, requests[i].args, *answer)
+        return [texts[i] for i in range(len(requests))]
 
     def _loglikelihood_tokens(
         self, requests: list[tuple[tuple[str, str], list[int], list[int]]], **_: Any

@@ -44,6 +44,7 @@ class RunTables:
     paired: pl.DataFrame | None = None  # eval/paired.parquet: each model against the clean one
     corrupt: str = "corrupt"  # the corrupted model these patch tables are of
     patched_models: dict[str, Path] | None = None  # every patched model's patch directory
+    models: list[str] | None = None  # the evaluated models in the config's order
 
     @property
     def suites(self) -> list[str]:
@@ -88,7 +89,10 @@ def load_tables(run_dir: Path, model: str | None = None) -> RunTables:
     evaluation = load_run(run_dir / "eval")
     config_path = run_dir / "config.yaml"
     config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
-    patched = patched_models(run_dir)
+    found = patched_models(run_dir)
+    spec = (_json(run_dir / "eval" / "run.json") or {}).get("spec") or {}
+    rank = {m: i for i, m in enumerate(spec.get("models") or {})}  # the config's order
+    patched = {m: found[m] for m in sorted(found, key=lambda m: (rank.get(m, len(rank)), m))}
     corrupt = model or ((config or {}).get("patch") or {}).get("corrupt")
     if corrupt not in patched:
         corrupt = next(iter(patched), None) or _first_corrupt(evaluation.summary)
@@ -130,6 +134,7 @@ def load_tables(run_dir: Path, model: str | None = None) -> RunTables:
         paired=_parquet(run_dir / "eval" / "paired.parquet"),
         corrupt=corrupt,
         patched_models=patched,
+        models=list(rank),
     )
 
 
@@ -153,7 +158,8 @@ def table1_frame(t: RunTables) -> pl.DataFrame:
     its related accuracy and whether it was chosen for patching."""
     from finetune.outputs import completed_run
 
-    models = [m for m in t.summary["model"].unique(maintain_order=True).to_list() if m != "clean"]
+    evaluated = t.models or t.summary["model"].unique(maintain_order=True).to_list()
+    models = [m for m in evaluated if m != "clean"]
     variants = ((t.config.get("finetune") or {}).get("variants")) or {}
     rows = []
     for model in models:
