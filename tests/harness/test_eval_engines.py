@@ -393,3 +393,45 @@ def test_in_process_engine_takes_the_server_settings(tmp_path):
     assert engine_kwargs(spec, gpu=True)["gpu_memory_utilization"] == 0.9
     with pytest.raises(EngineError, match="vllm-server"):
         engine_kwargs(ServerSpec("m", "c", ServeConfig(data_parallel_size=2)), gpu=False)
+
+
+def test_models_on_one_engine_answer_together_and_take_their_kept_answers(chat_tokenizer):
+    from types import SimpleNamespace
+
+    from lm_eval.api.instance import Instance
+
+    from harness.inprocess import InProcessLM, KeptAnswers
+
+    calls = []
+
+    class Engine:  # answers "<lora>:<first prompt id>", finishing at the stop
+        def generate(self, prompts, params, use_tqdm, lora_request):
+            loras = lora_request if isinstance(lora_request, list) else [lora_request] * len(prompts)
+            calls.append([None if lora is None else lora.lora_name for lora in loras])
+            return [
+                SimpleNamespace(outputs=[SimpleNamespace(
+                    text=f"{lora.lora_name if lora else 'base'}:{p['prompt_token_ids'][0]}",
+                    finish_reason="stop", token_ids=[1, 2])])
+                for p, lora in zip(prompts, loras, strict=True)
+            ]  # fmt: skip
+
+    kept = KeptAnswers()
+    requests = [
+        Instance("generate_until", {}, (f"q{i}", {"until": ["\n"]}), idx=0) for i in range(3)
+    ]
+    common = {"kept": kept, "batch_size": 2, "max_gen_toks": 8}
+    first = InProcessLM(Engine(), chat_tokenizer, name="clean",
+                        siblings=[("v1", ("v1", 1, "/a")), ("v2", ("v2", 2, "/b"))], **common)  # fmt: skip
+    answers = first.generate_until(requests)
+    assert calls == [[None] * 2 + ["v1"] * 2 + ["v2"] * 2, [None, "v1", "v2"]]  # chunks of 2
+    assert all(a.startswith("base:") for a in answers)
+    calls.clear()
+    second = InProcessLM(Engine(), chat_tokenizer, lora=("v1", 1, "/a"), name="v1",
+                         siblings=[("v2", ("v2", 2, "/b"))], **common)  # fmt: skip
+    again = second.generate_until(requests)
+    assert calls == []  # every answer was kept for it
+    assert [a.removeprefix("v1:") for a in again] == [a.removeprefix("base:") for a in answers]
+    assert second.finish_log.get(requests[0].args) == {"finish_reason": "stop", "n_tokens": 2}
+    # a request no sibling saw is generated for it (and its remaining siblings) as before
+    new = [Instance("generate_until", {}, ("q9", {"until": ["\n"]}), idx=0)]
+    assert second.generate_until(new)[0].startswith("v1:") and calls == [["v1", "v2"]]
