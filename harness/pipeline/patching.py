@@ -18,7 +18,8 @@ merged tables the report reads: ``prompts.parquet`` (the items), ``steps.parquet
 layer and step, with the generated token's text), ``texts.parquet`` (the patched generations
 with ``finish_reason``, ``n_tokens`` and the suite checker's ``verdict`` and ``correct``),
 ``table2.parquet`` (accuracy per condition, patched per layer with 95 % Wilson intervals by
-prompt, see ``harness.report.stats.table2_frame``), ``cts_summary.parquet`` (CTS statistics
+prompt, see ``harness.report.stats.table2_frame``; these four carry the corrupted model's name in
+``model``, and with several corrupted models each has its own ``patch/<name>/``), ``cts_summary.parquet`` (CTS statistics
 bootstrapped over prompts), ``checks.parquet`` (each check per prompt) and ``run.json``.
 """
 
@@ -386,11 +387,12 @@ def write_merged(
     table2 = table2_frame(texts_all, summary, spec.get("model", CORRUPT_NAME))
     samples, seed = cfg.eval.bootstrap_samples, cfg.eval.seed
     cts = cts_summary(steps_all, samples, seed)
+    model = pl.lit(spec.get("model", CORRUPT_NAME), pl.String).alias("model")  # whose patch
     write_parquet(items, out / "prompts.parquet")
-    write_parquet(steps_all, out / "steps.parquet")
-    write_parquet(texts_all, out / "texts.parquet")
-    write_parquet(table2, out / "table2.parquet")
-    write_parquet(cts, out / "cts_summary.parquet")
+    write_parquet(steps_all.with_columns(model), out / "steps.parquet")
+    write_parquet(texts_all.with_columns(model), out / "texts.parquet")
+    write_parquet(table2.with_columns(model), out / "table2.parquet")
+    write_parquet(cts.with_columns(model), out / "cts_summary.parquet")
     write_parquet(checks, out / "checks.parquet")
     check_entries = checks_summary(checks)
     write_json(out / "run.json", spec | {"status": "success", "checks": check_entries})

@@ -317,7 +317,8 @@ def patch_stage(cfg: ExperimentConfig) -> Stage:
             raise ConfigError("; ".join(problems))
         facts = {}
         for name, ref in _corrupt_refs(cfg).items():
-            say = lambda text, name=name: log.info("patch %s: %s", name, text)  # noqa: E731
+            where = f"patch {name}" if cfg.several else "patch"
+            say = lambda text, where=where: log.info("%s: %s", where, text)  # noqa: E731
             facts[name] = run_patch_stage(
                 cfg, clean, ref, cfg.run_dir / "eval", patch_dir(cfg, name), say=say, model=name
             )
