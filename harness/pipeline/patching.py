@@ -18,9 +18,10 @@ merged tables the report reads: ``prompts.parquet`` (the items), ``steps.parquet
 layer and step, with the generated token's text), ``texts.parquet`` (the patched generations
 with ``finish_reason``, ``n_tokens`` and the suite checker's ``verdict`` and ``correct``),
 ``table2.parquet`` (accuracy per condition, patched per layer with 95 % Wilson intervals by
-prompt, see ``harness.report.stats.table2_frame``; these four carry the corrupted model's name in
-``model``, and with several corrupted models each has its own ``patch/<name>/``), ``cts_summary.parquet`` (CTS statistics
-bootstrapped over prompts), ``checks.parquet`` (each check per prompt) and ``run.json``.
+prompt, see ``harness.report.stats.table2_frame``), ``cts_summary.parquet`` (CTS statistics
+bootstrapped over prompts), ``checks.parquet`` (each check per prompt) and ``run.json``. Steps,
+texts, Table 2 and the CTS statistics carry the corrupted model's name (``model``); with several
+corrupted models each has a ``patch/<name>/`` of its own.
 """
 
 from __future__ import annotations

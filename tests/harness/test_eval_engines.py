@@ -406,28 +406,47 @@ def test_models_on_one_engine_answer_together_and_take_their_kept_answers(chat_t
 
     class Engine:  # answers "<lora>:<first prompt id>", finishing at the stop
         def generate(self, prompts, params, use_tqdm, lora_request):
-            loras = lora_request if isinstance(lora_request, list) else [lora_request] * len(prompts)
+            loras = (
+                lora_request if isinstance(lora_request, list) else [lora_request] * len(prompts)
+            )
             calls.append([None if lora is None else lora.lora_name for lora in loras])
             return [
-                SimpleNamespace(outputs=[SimpleNamespace(
-                    text=f"{lora.lora_name if lora else 'base'}:{p['prompt_token_ids'][0]}",
-                    finish_reason="stop", token_ids=[1, 2])])
+                SimpleNamespace(
+                    outputs=[
+                        SimpleNamespace(
+                            text=f"{lora.lora_name if lora else 'base'}:{p['prompt_token_ids'][0]}",
+                            finish_reason="stop",
+                            token_ids=[1, 2],
+                        )
+                    ]
+                )
                 for p, lora in zip(prompts, loras, strict=True)
-            ]  # fmt: skip
+            ]
 
     kept = KeptAnswers()
     requests = [
         Instance("generate_until", {}, (f"q{i}", {"until": ["\n"]}), idx=0) for i in range(3)
     ]
     common = {"kept": kept, "batch_size": 2, "max_gen_toks": 8}
-    first = InProcessLM(Engine(), chat_tokenizer, name="clean",
-                        siblings=[("v1", ("v1", 1, "/a")), ("v2", ("v2", 2, "/b"))], **common)  # fmt: skip
+    first = InProcessLM(
+        Engine(),
+        chat_tokenizer,
+        name="clean",
+        siblings=[("v1", ("v1", 1, "/a")), ("v2", ("v2", 2, "/b"))],
+        **common,
+    )
     answers = first.generate_until(requests)
     assert calls == [[None] * 2 + ["v1"] * 2 + ["v2"] * 2, [None, "v1", "v2"]]  # chunks of 2
     assert all(a.startswith("base:") for a in answers)
     calls.clear()
-    second = InProcessLM(Engine(), chat_tokenizer, lora=("v1", 1, "/a"), name="v1",
-                         siblings=[("v2", ("v2", 2, "/b"))], **common)  # fmt: skip
+    second = InProcessLM(
+        Engine(),
+        chat_tokenizer,
+        lora=("v1", 1, "/a"),
+        name="v1",
+        siblings=[("v2", ("v2", 2, "/b"))],
+        **common,
+    )
     again = second.generate_until(requests)
     assert calls == []  # every answer was kept for it
     assert [a.removeprefix("v1:") for a in again] == [a.removeprefix("base:") for a in answers]

@@ -95,11 +95,19 @@ def external_records(model: str, sums_right: bool, picks_right: bool) -> pl.Data
     answer = "3" if sums_right else "4"
     samples = {
         "sums": [
-            generated(0, "<p>What is 1 + 2?", f"It is {answer}.", answer, "3", float(sums_right),
-                      "first-number"),
-            generated(0, "<p>What is 1 + 2?", f"It is {answer}.", f"It is {answer}.", "3", 0.0,
-                      "whole"),
-        ],  # fmt: skip
+            generated(
+                0,
+                "<p>What is 1 + 2?",
+                f"It is {answer}.",
+                answer,
+                "3",
+                float(sums_right),
+                "first-number",
+            ),
+            generated(
+                0, "<p>What is 1 + 2?", f"It is {answer}.", f"It is {answer}.", "3", 0.0, "whole"
+            ),
+        ],
         "picks": [choice(0, [-1.0, -0.5, -3.0] if picks_right else [-0.1, -0.5, -3.0])],
     }
     questions = {"<p>What is 1 + 2?": "What is 1 + 2?", "<p>Which is even?": "Which is even?"}
@@ -174,9 +182,11 @@ def test_an_external_task_folder_runs_through_the_evaluation(tmp_path, folder, t
     records = run.records
     mine = records.filter(pl.col("suite") == "mine")
     assert mine.group_by("model", "task").len().sort("model", "task").rows() == [
-        ("clean", "picks", 2), ("clean", "sums", 2), ("corrupt", "picks", 2),
+        ("clean", "picks", 2),
+        ("clean", "sums", 2),
+        ("corrupt", "picks", 2),
         ("corrupt", "sums", 2),
-    ]  # fmt: skip
+    ]
     assert set(mine["metric"]) == {"exact_match", "acc"}
     sums = mine.filter((pl.col("task") == "sums") & (pl.col("model") == "clean")).sort("doc_id")
     assert sums["question"].to_list() == ["What is 1 + 2?", "What is 3 + 4?"]
@@ -205,9 +215,7 @@ def test_the_summary_states_the_metric_and_the_patch_stage_skips_choices_with_a_
     assert skipped_items(flagged.filter(pl.col("task") == "sums")) == {}
 
 
-def test_eval_and_run_refuse_an_unknown_task_in_one_line_before_any_model_loads(
-    tmp_path, folder
-):
+def test_eval_and_run_refuse_an_unknown_task_in_one_line_before_any_model_loads(tmp_path, folder):
     import json
     import subprocess
     import sys

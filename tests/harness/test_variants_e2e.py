@@ -60,8 +60,10 @@ def test_two_variants_and_an_external_task_run_end_to_end(tmp_path, zoo):
     assert set(summary["suite"]) == {"related", "unrelated_math", "general", "mine"}
     records = pl.read_parquet(run / "eval" / "records.parquet").filter(pl.col("suite") == "mine")
     assert records.group_by("model").len().sort("model").rows() == [
-        ("clean", 7), ("long", 7), ("short", 7)
-    ]  # fmt: skip (4 sums, 3 picks)
+        ("clean", 7),
+        ("long", 7),
+        ("short", 7),
+    ]  # 4 sums, 3 picks
     headline = json.loads((run / "summary.json").read_text())
     table1 = {row["model"]: row for row in headline["table1"]}
     assert set(table1) == {"short", "long"}
