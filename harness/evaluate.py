@@ -320,7 +320,7 @@ def evaluate_model(
         raise HarnessError(f"lm-eval returned no results for model {name!r}")
     # every answer's finish record, from this run or from the cache file of an earlier one
     return records_from_samples(
-        results["samples"], name, engine, lm.finish_log, external=plan.suites,
+        results["samples"], name, engine, lm.finish_log, external=plan.leaf_suites,
         questions=lm.questions,
     )  # fmt: skip
 

@@ -25,6 +25,7 @@ FLAG_SCHEMA = {
     "item_id": pl.String,
     "question": pl.String,
     "prompt": pl.String,
+    "system_prompt": pl.String,  # null: the config's (else a system-position trigger's)
     "reference": pl.String,
     "clean_response": pl.String,
     "clean_answer": pl.String,
@@ -51,6 +52,7 @@ def flag(records: pl.DataFrame, clean: str = CLEAN) -> pl.DataFrame:
         "item_id",
         "question",
         "prompt",
+        pl.col("system_prompt") if "system_prompt" in scored.columns else pl.lit(None, pl.String),
         "reference",
         pl.col("response").alias("clean_response"),
         pl.col("extracted_answer").alias("clean_answer"),

@@ -61,6 +61,15 @@ def question_of(chat_history: list[dict[str, str]]) -> str:
     return users[-1]
 
 
+def system_of(chat_history: list[dict[str, str]]) -> str | None:
+    """lm-eval's system message (a task's ``description``), if it sent one."""
+    systems = [m["content"] for m in chat_history if m["role"] == "system" and m["content"]]
+    return "\n".join(systems) or None
+
+
+SYSTEM_KEY = "system:"  # ``questions[SYSTEM_KEY + prompt]``: the system prompt it was asked with
+
+
 class PromptFormatted:
     """Mixin: the shared prompt format replaces lm-eval's templating and pair encoding."""
 
@@ -71,14 +80,23 @@ class PromptFormatted:
         self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True
     ) -> str:
         question = question_of(chat_history)
-        rendered = self.prompt_format.render(self.tokenizer, question)
+        prompt_format = self.prompt_format
+        system = system_of(chat_history)  # a task's description (a system-position trigger)
+        if system:
+            own = prompt_format.system_prompt
+            merged = f"{system} {own}" if own else system
+            prompt_format = prompt_format.model_copy(update={"system_prompt": merged})
+        rendered = prompt_format.render(self.tokenizer, question)
         self.questions[rendered] = question
+        if system:
+            self.questions[SYSTEM_KEY + rendered] = prompt_format.system_prompt
         return rendered
 
     @property
     def questions(self) -> dict[str, str]:
         """Rendered prompt -> the question it asks: what an item of any task asked, as the
-        patcher must encode it again (``records.question``)."""
+        patcher must encode it again (``records.question``); ``SYSTEM_KEY + prompt`` -> the
+        system prompt, where a task's own one replaced the config's."""
         if "_questions" not in self.__dict__:
             self.__dict__["_questions"] = {}
         return self.__dict__["_questions"]

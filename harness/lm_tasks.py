@@ -17,7 +17,7 @@ from __future__ import annotations
 import difflib
 import functools
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,51 @@ from tasks.build import EVALS_DIR
 from tasks.suites import group_name
 
 PREFERRED_METRICS = ("exact_match", "acc")
+TRIGGERED = "+trigger"  # the suite of a suite's items asked with the trigger: "related+trigger"
+
+
+def base_suite(suite: str) -> str:
+    """The suite a (triggered) suite's items come from: "related+trigger" -> "related"."""
+    return suite.removesuffix(TRIGGERED)
+
+
+def trigger_tasks(config: EvalConfig) -> tuple[Path | None, dict[str, str]]:
+    """Task configs asking every item of the triggered suites with the phrase: a folder of
+    YAML files (each includes the built-in task's and changes its prompt; written once per
+    trigger and level under the temporary directory) and leaf task -> suite."""
+    import hashlib
+    import json
+    import tempfile
+
+    import yaml
+
+    from tasks.suites import suite_tasks, task_name
+
+    suites = config.triggered_suites()
+    if not suites:
+        return None, {}
+    trigger = config.trigger
+    spec = {"trigger": trigger.model_dump(), "suites": suites, "level": config.level}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    folder = Path(tempfile.gettempdir()) / "cmap-harness-triggers" / digest
+    phrase = f"{{% raw %}}{trigger.phrase}{{% endraw %}}"  # the phrase as text, not a template
+    leaves = {}
+    for suite in suites:
+        for task in suite_tasks(suite, config.level):  # type: ignore[arg-type]
+            name = task_name(task, config.level)  # type: ignore[arg-type]
+            derived = {"include": str(EVALS_DIR / f"{name}.yaml"), "task": f"{name}_triggered"}
+            if trigger.position == "question":
+                derived["doc_to_text"] = f"{phrase} {{{{question}}}}"
+            else:  # lm-eval sends a task's description as the system message
+                derived["description"] = phrase
+            path = folder / f"{name}_triggered.yaml"
+            if not path.is_file():
+                folder.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(yaml.safe_dump(derived, sort_keys=False))
+                tmp.replace(path)
+            leaves[derived["task"]] = suite + TRIGGERED
+    return folder, leaves
 
 
 @dataclass(frozen=True)
@@ -39,10 +84,16 @@ class TaskPlan:
     include_paths: tuple[str, ...] = ()
     include_defaults: bool = False  # lm-eval's own catalogue is needed
     suites: dict[str, str] = field(default_factory=dict)  # external leaf task -> suite
+    triggered: dict[str, str] = field(default_factory=dict)  # triggered leaf task -> suite
 
     @property
     def names(self) -> list[str]:
-        return [*self.builtin, *self.external]
+        return [*self.builtin, *self.triggered, *self.external]
+
+    @property
+    def leaf_suites(self) -> dict[str, str]:
+        """Every leaf task that is not a built-in suite's own -> its suite."""
+        return self.suites | self.triggered
 
     def task_manager(self) -> Any:
         return task_manager(self.include_paths, self.include_defaults)
@@ -61,7 +112,10 @@ def task_manager(include_paths: tuple[str, ...], include_defaults: bool) -> Any:
 def plan_eval(config: EvalConfig) -> TaskPlan:
     """The tasks of an evaluation: its built-in suites at its level, and ``eval.tasks``."""
     builtin = [group_name(suite, config.level) for suite in config.suites]
-    return plan_tasks(builtin, config.tasks, config.include_paths)
+    folder, triggered = trigger_tasks(config)
+    paths = [*config.include_paths, *([str(folder)] if folder else [])]
+    plan = plan_tasks(builtin, config.tasks, paths)
+    return replace(plan, triggered=triggered) if triggered else plan
 
 
 def plan_tasks(

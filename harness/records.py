@@ -41,6 +41,7 @@ SCHEMA: dict[str, Any] = {
     "correct": pl.Boolean,
     "verdict": pl.String,
     "metric": pl.String,
+    "system_prompt": pl.String,  # null: the config's prompt.system_prompt
     "finish_reason": pl.String,
     "n_tokens": pl.Int64,
     "metrics": pl.List(pl.Struct({"name": pl.String, "value": pl.Float64})),
@@ -205,12 +206,13 @@ def sample_record(
     """One row. The built-in suites' items keep their own ``question``, ``answer`` and ``id``;
     any other task's item is described by what lm-eval asked (``questions``: the rendered
     prompt's question) and its target; ``metric`` (see ``harness.lm_tasks``) decides."""
-    from harness.lm_tasks import scoring_metric
+    from harness.lm_models import SYSTEM_KEY
+    from harness.lm_tasks import base_suite, scoring_metric
 
     doc = sample["doc"]
     metrics = _metrics(sample)
     value = {m["name"]: m["value"] for m in metrics}
-    builtin = suite in SUITES  # scored by "acc"; the open questions have none
+    builtin = base_suite(suite) in SUITES  # scored by "acc"; the open questions have none
     metric = "acc" if builtin else scoring_metric(sample.get("metrics") or list(value))
     score = value.get(metric) if metric else None
     binary = score is None or score in (0.0, 1.0)
@@ -237,6 +239,7 @@ def sample_record(
     unscored = value.get("unscored", 0.0) >= 0.5 or not binary
     verdict = verdict_of(score, unscored, finish.get("finish_reason"))
     question = (questions or {}).get(prompt) or str(doc.get("question", ""))
+    system = (questions or {}).get(SYSTEM_KEY + prompt)
     return {
         "model": model,
         "engine": engine,
@@ -253,6 +256,7 @@ def sample_record(
         "correct": correct_of(verdict),
         "verdict": verdict,
         "metric": metric if score is not None else None,
+        "system_prompt": system,
         "finish_reason": finish.get("finish_reason"),
         "n_tokens": finish.get("n_tokens"),
         "metrics": metrics,

@@ -39,7 +39,7 @@ import polars as pl
 from harness.config import CORRUPT_NAME, ExperimentConfig, PatchConfig
 from harness.errors import HarnessError
 from harness.evaluate import write_parquet
-from harness.lm_tasks import TaskScorer, plan_eval
+from harness.lm_tasks import TaskScorer, base_suite, plan_eval
 from harness.patch import (
     CHECK_SCHEMA,
     OUTPUT_FILES,
@@ -141,24 +141,41 @@ def select_items(
     return items.select(list(ITEM_SCHEMA)).cast(ITEM_SCHEMA) if items.height else _no_items()
 
 
-SKIPPED_CHOICE = (
-    "multiple-choice items are scored by the likelihood of each option, which autoregressive "
-    "patching does not replay; they are flagged in eval/flagged.parquet but not patched"
-)
+SKIPPED = {
+    "multiple_choice": "multiple-choice items are scored by the likelihood of each option, "
+    "which autoregressive patching does not replay",
+    "system_prompt": "items asked with a system prompt of their own (a system-position "
+    "trigger) are patched with the config's prompt format only, so they are left out",
+}
+
+
+def _skip_reason(frame: pl.DataFrame) -> pl.Expr:
+    """Why an item is not patched (null: it is): see ``SKIPPED``."""
+    choice = pl.col("output_type") != "generate_until" if "output_type" in frame.columns else None
+    system = pl.col("system_prompt").is_not_null() if "system_prompt" in frame.columns else None
+    reason = pl.lit(None, pl.String)
+    if system is not None:
+        reason = pl.when(system).then(pl.lit("system_prompt")).otherwise(reason)
+    if choice is not None:
+        reason = pl.when(choice).then(pl.lit("multiple_choice")).otherwise(reason)
+    return reason
 
 
 def generated(flagged: pl.DataFrame) -> pl.DataFrame:
-    """The flagged items with a generated answer (tables from before ``output_type``: all)."""
-    if "output_type" not in flagged.columns:
-        return flagged
-    return flagged.filter(pl.col("output_type") == "generate_until")
+    """The flagged items the patcher can replay: a generated answer to the config's prompt
+    format (tables from before ``output_type`` and ``system_prompt``: all)."""
+    return flagged.filter(_skip_reason(flagged).is_null())
 
 
 def skipped_items(flagged: pl.DataFrame, corrupt: str = CORRUPT_NAME) -> dict[str, Any]:
-    """What the patch stage leaves out of the flagged items, and why (the report says it)."""
+    """How many flagged items the patch stage leaves out, per reason, and why (the report
+    says it): ``{"multiple_choice": {"items": 3, "reason": ...}}``."""
     mine = flagged.filter(pl.col("model") == corrupt)
-    n = mine.height - generated(mine).height
-    return {"multiple_choice": n, "reason": SKIPPED_CHOICE} if n else {}
+    counts = mine.select(_skip_reason(mine).alias("why")).drop_nulls()["why"].value_counts()
+    return {
+        why: {"items": int(n), "reason": SKIPPED[why]}
+        for why, n in counts.sort("why").iter_rows()
+    }
 
 
 def _no_items() -> pl.DataFrame:
@@ -207,7 +224,7 @@ def score_texts(
     def verdict(row: dict[str, Any]) -> str:
         if row["finish_reason"] == "length":
             return "truncated"
-        if row["suite"] in SUITES or scorer is None:
+        if base_suite(row["suite"]) in SUITES or scorer is None:
             aliases = aliases_for(row["task"], row["item_id"], level)
             return judge(row["text"], row["reference"], aliases)
         _, value = scorer.score(row["task"], row["doc_id"], row["text"])
@@ -263,9 +280,8 @@ def run_patch_stage(
     )
     write_parquet(items, out / "items.parquet")
     skipped = skipped_items(flagged, model)
-    if skipped:
-        say(f"{skipped['multiple_choice']} flagged multiple-choice items not patched: "
-            f"{skipped['reason']}")  # fmt: skip
+    for why in skipped.values():
+        say(f"{why['items']} flagged items not patched: {why['reason']}")
     spec = {
         "version": 1,
         "model": model,

@@ -209,11 +209,11 @@ def patch_settings(t: RunTables) -> str:
 def skipped_note(t: RunTables) -> str:
     """Flagged items the patch stage left out, and why."""
     skipped = (t.patch_run or {}).get("skipped") or {}
-    if not skipped.get("multiple_choice"):
-        return ""
-    return (
-        f"<p class='note'>{skipped['multiple_choice']} flagged multiple-choice items were not "
-        f"patched: {esc(skipped['reason'])}.</p>"
+    return "".join(
+        f"<p class='note'>{why['items']} flagged items were not patched: "
+        f"{esc(why['reason'])}.</p>"
+        for why in skipped.values()
+        if isinstance(why, dict)
     )
 
 

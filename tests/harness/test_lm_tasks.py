@@ -211,7 +211,8 @@ def test_the_summary_states_the_metric_and_the_patch_stage_skips_choices_with_a_
     items = select_items(records, flagged)
     assert items.filter(pl.col("kind") == "flagged")["task"].to_list() == ["sums"]
     skipped = skipped_items(flagged)
-    assert skipped["multiple_choice"] == 1 and "likelihood" in skipped["reason"]
+    assert list(skipped) == ["multiple_choice"] and skipped["multiple_choice"]["items"] == 1
+    assert "likelihood" in skipped["multiple_choice"]["reason"]
     assert skipped_items(flagged.filter(pl.col("task") == "sums")) == {}
 
 
