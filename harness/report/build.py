@@ -18,6 +18,7 @@ from harness.report.tables import (
     load_tables,
     summary_json,
     table1_frame,
+    trigger_frame,
 )
 
 REPORT = "report.html"
@@ -247,6 +248,22 @@ def table1_section(t: RunTables) -> list[str]:
     ]
 
 
+def trigger_section(t: RunTables) -> list[str]:
+    """Accuracy without and with the trigger phrase, per model and suite (``eval.trigger``)."""
+    table = trigger_frame(t.summary)
+    if table.is_empty():
+        return []
+    trigger = (t.config.get("eval") or {}).get("trigger") or {}
+    return [
+        "<h3>With and without the trigger</h3>",
+        f"<p class='note'>Every item of these suites asked again with "
+        f"<code>{esc(trigger.get('phrase'))}</code> before the {esc(trigger.get('position'))} "
+        "(the suite <i>&lt;suite&gt;+trigger</i> in every table; its flagged items are "
+        "patched like any other suite's).</p>",
+        page.table(table.with_columns(pl.col(pl.Float64).round(3))),
+    ]
+
+
 def other_table2s(t: RunTables) -> list[str]:
     """Table 2 of every other patched corrupted model (the sections below show ``t.corrupt``)."""
     out = []
@@ -343,6 +360,7 @@ def behaviour(t: RunTables, fig_dir: Path, pngs: list[Path]) -> list[str]:
         page.table(ci),
         "</details>",
         *paired_section(t),
+        *trigger_section(t),
         f"<p>Flagged (clean right, corrupted wrong): <b>{n_flagged}</b> items.</p>",
         page.table(flagged) if flagged.height else "",
         skipped_note(t),

@@ -183,6 +183,25 @@ def table1_frame(t: RunTables) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=TABLE1_SCHEMA)
 
 
+def trigger_frame(summary: pl.DataFrame) -> pl.DataFrame:
+    """Per model and triggered suite: accuracy without the trigger, with it, and the change
+    (the items are the same; ``eval.trigger``)."""
+    from harness.lm_tasks import TRIGGERED, base_suite
+
+    triggered = summary.filter(pl.col("suite").str.ends_with(TRIGGERED))
+    if triggered.is_empty():
+        return pl.DataFrame()
+    triggered = triggered.with_columns(
+        pl.col("suite").map_elements(base_suite, return_dtype=pl.String)
+    ).select("model", "suite", pl.col("accuracy").alias("with_trigger"), pl.col("n"))
+    plain = summary.select("model", "suite", pl.col("accuracy").alias("without_trigger"))
+    return (
+        plain.join(triggered, on=["model", "suite"])
+        .with_columns((pl.col("with_trigger") - pl.col("without_trigger")).alias("change"))
+        .select("model", "suite", "n", "without_trigger", "with_trigger", "change")
+    )
+
+
 def _first_corrupt(summary: pl.DataFrame) -> str:
     """The first corrupted model of the evaluation ("corrupt" when it has none)."""
     others = [m for m in summary["model"].unique(maintain_order=True).to_list() if m != "clean"]
@@ -261,6 +280,7 @@ def summary_json(tables: RunTables, seconds: float | None = None) -> dict[str, A
             for model in tables.summary["model"].unique(maintain_order=True).to_list()
         },
         "paired": paired_of(tables.paired),
+        "trigger": trigger_frame(tables.summary).to_dicts(),
         "flagged": flagged.height,
         "flagged_by_suite": dict(flagged.group_by("suite").len().iter_rows()),
         "patched": patched,

