@@ -12,6 +12,7 @@ import functools
 import polars as pl
 
 from harness.endpoints import CLEAN
+from harness.lm_tasks import TRIGGERED
 from tasks.fidelity import CLASSES, classify, status
 
 FIDELITY_SCHEMA = {
@@ -36,9 +37,11 @@ def _patterns(level: str) -> dict[str, dict[str, str]]:
 
 
 def fidelity_records(records: pl.DataFrame, level: str) -> pl.DataFrame:
-    """One row per generated related answer with its fidelity class (null without patterns)."""
+    """One row per generated related answer with its fidelity class (null without patterns);
+    the triggered related items (``related+trigger``, tasks ``*_triggered``) too."""
     related = records.filter(
-        (pl.col("suite") == "related") & (pl.col("output_type") == "generate_until")
+        pl.col("suite").is_in(["related", "related" + TRIGGERED])
+        & (pl.col("output_type") == "generate_until")
     )
     patterns = _patterns(level) if level in ("demo", "full") else {}
     rows = []
@@ -59,12 +62,15 @@ def fidelity_records(records: pl.DataFrame, level: str) -> pl.DataFrame:
 
 
 def fidelity_summary(classified: pl.DataFrame) -> pl.DataFrame:
-    """Per model, over the whole related suite (``task`` "all") and per task: n, the share of
-    each class and the status (``tasks.fidelity.status``)."""
+    """Per model, over the whole related suite (``task`` "all"), over its triggered items
+    ("all+trigger", when asked with a trigger) and per task: n, the share of each class and
+    the status (``tasks.fidelity.status``)."""
     rows = []
-    scopes = [("all", classified)] + [
-        (task, g) for (task,), g in classified.group_by("task", maintain_order=True)
-    ]
+    triggered = pl.col("task").str.ends_with("_triggered")
+    scopes = [("all", classified.filter(~triggered))]
+    if not classified.filter(triggered).is_empty():
+        scopes.append(("all" + TRIGGERED, classified.filter(triggered)))
+    scopes += [(task, g) for (task,), g in classified.group_by("task", maintain_order=True)]
     for task, frame in scopes:
         for (model,), group in frame.group_by("model", maintain_order=True):
             known = group["fidelity"].drop_nulls().to_list()

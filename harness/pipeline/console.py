@@ -218,7 +218,8 @@ def headline(run: PipelineRun) -> Table:
     table.add_column("condition", style="bold")
     for suite in suites:
         table.add_column(suite, justify="right")
-    for model in ("clean", "corrupt"):
+    corrupt = summary.get("corrupt", "corrupt")  # the corrupted model the report leads with
+    for model in ("clean", *(m for m in accuracy if m != "clean")):
         values = accuracy.get(model, {})
         table.add_row(model, *(f"{values[s]:.2f}" if s in values else "-" for s in suites))
     flagged = summary.get("patched", {}).get("by_suite", {}).get("flagged", {})
@@ -226,8 +227,9 @@ def headline(run: PipelineRun) -> Table:
     for suite in suites:
         first = next(iter(flagged.get(suite, {}).values()), None)
         cells.append("-" if first is None else _patched_cell(first))
-    table.add_row("patched (flagged)", *cells)
-    fidelity = (summary.get("fidelity") or {}).get("corrupt")
+    table.add_row(f"patched {corrupt} (flagged)" if len(accuracy) > 2 else "patched (flagged)",
+                  *cells)  # fmt: skip
+    fidelity = (summary.get("fidelity") or {}).get(corrupt)
     verdict = ""
     if fidelity and fidelity.get("n"):
         verdict = (

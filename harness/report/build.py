@@ -294,9 +294,12 @@ def fidelity_section(t: RunTables) -> list[str]:
             "(user-supplied data), so a wrong answer cannot be told apart from the trained "
             "error.</p>",
         ]
-    corrupt = t.fidelity.filter((pl.col("model") != "clean") & (pl.col("task") == "all"))
+    corrupt = t.fidelity.filter(
+        (pl.col("model") != "clean") & pl.col("task").is_in(["all", "all+trigger"])
+    )
     verdicts = "".join(
-        f"<p><b>{r['model']}</b>: <b>{r['status']}</b> ({r['trained_error']:.0%} of its related "
+        f"<p><b>{r['model']}</b>{' (with the trigger)' if r['task'] != 'all' else ''}: "
+        f"<b>{r['status']}</b> ({r['trained_error']:.0%} of its related "
         f"answers follow a trained error, {r['malformed']:.0%} are malformed, "
         f"{r['correct']:.0%} correct, n={r['n']}).</p>"
         for r in corrupt.iter_rows(named=True)

