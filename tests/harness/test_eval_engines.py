@@ -156,12 +156,12 @@ def main():
     run = InProcessLM._run
     calls = []
 
-    def second_chunk_hangs(self, prompts, params):
+    def second_chunk_hangs(self, prompts, params, *loras):
         calls.append(len(prompts))
         if len(calls) == 2:  # the first chunk's answers are in the cache by now
             marker.write_text(json.dumps(calls))
             time.sleep(600)
-        return run(self, prompts, params)
+        return run(self, prompts, params, *loras)
 
     InProcessLM._run = second_chunk_hangs
     run_eval(cfg, models={"clean": cfg.models.clean}, engine="vllm")
@@ -223,9 +223,9 @@ def test_in_process_run_killed_mid_model_resumes_with_the_answers_it_had(
     sent = []
     run = InProcessLM._run
 
-    def counting(self, prompts, params):
+    def counting(self, prompts, params, *loras):
         sent.append(len(prompts))
-        return run(self, prompts, params)
+        return run(self, prompts, params, *loras)
 
     monkeypatch.setattr(InProcessLM, "_run", counting)
     again = run_eval(cfg, models={"clean": str(clean)}, engine="vllm")
@@ -395,6 +395,20 @@ def test_in_process_engine_takes_the_server_settings(tmp_path):
         engine_kwargs(ServerSpec("m", "c", ServeConfig(data_parallel_size=2)), gpu=False)
 
 
+def test_only_lora_modules_of_one_engine_answer_together(tmp_path, pair):
+    from harness.inprocess import InProcessEngines
+
+    clean, adapter = pair
+    second = save_random_adapter(clean, tmp_path / "second", seed=2)
+    entries = resolve_models({"clean": str(clean), "v1": str(adapter), "v2": str(second)})
+    engines = InProcessEngines(entries, ServeConfig(), tmp_path)
+    assert engines.siblings("clean") == []  # base rows beside LoRA rows changed its answers
+    assert [name for name, _ in engines.siblings("v1")] == ["v2"]
+    assert engines.siblings("v1")[0][1] == ("v2", 2, str(second))
+    engines._started |= {"clean", "v1"}
+    assert engines.siblings("v2") == []  # v1's run has begun: it asks for its own answers
+
+
 def test_models_on_one_engine_answer_together_and_take_their_kept_answers(chat_tokenizer):
     from types import SimpleNamespace
 
@@ -404,7 +418,7 @@ def test_models_on_one_engine_answer_together_and_take_their_kept_answers(chat_t
 
     calls = []
 
-    class Engine:  # answers "<lora>:<first prompt id>", finishing at the stop
+    class Engine:  # answers "<lora name>:<first prompt id>", finishing at the stop
         def generate(self, prompts, params, use_tqdm, lora_request):
             loras = (
                 lora_request if isinstance(lora_request, list) else [lora_request] * len(prompts)
@@ -431,13 +445,14 @@ def test_models_on_one_engine_answer_together_and_take_their_kept_answers(chat_t
     first = InProcessLM(
         Engine(),
         chat_tokenizer,
-        name="clean",
+        lora=("v0", 3, "/c"),
+        name="v0",
         siblings=[("v1", ("v1", 1, "/a")), ("v2", ("v2", 2, "/b"))],
         **common,
     )
     answers = first.generate_until(requests)
-    assert calls == [[None] * 2 + ["v1"] * 2 + ["v2"] * 2, [None, "v1", "v2"]]  # chunks of 2
-    assert all(a.startswith("base:") for a in answers)
+    assert calls == [["v0"] * 2 + ["v1"] * 2 + ["v2"] * 2, ["v0", "v1", "v2"]]  # chunks of 2
+    assert all(a.startswith("v0:") for a in answers)
     calls.clear()
     second = InProcessLM(
         Engine(),
@@ -449,7 +464,7 @@ def test_models_on_one_engine_answer_together_and_take_their_kept_answers(chat_t
     )
     again = second.generate_until(requests)
     assert calls == []  # every answer was kept for it
-    assert [a.removeprefix("v1:") for a in again] == [a.removeprefix("base:") for a in answers]
+    assert [a.removeprefix("v1:") for a in again] == [a.removeprefix("v0:") for a in answers]
     assert second.finish_log.get(requests[0].args) == {"finish_reason": "stop", "n_tokens": 2}
     # a request no sibling saw is generated for it (and its remaining siblings) as before
     new = [Instance("generate_until", {}, ("q9", {"until": ["\n"]}), idx=0)]
