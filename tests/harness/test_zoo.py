@@ -53,8 +53,8 @@ def test_the_package_ships_the_current_recipes_build():
     fresh clone's 30-minute build."""
     shipped = load_built(embedded_dir())
     assert shipped is not None, f"no build of recipe {ZooRecipe().digest()} in {embedded_dir()}"
-    recipe = json.loads((shipped.root / "recipe.json").read_text())
-    assert recipe == ZooRecipe().model_dump(mode="json")
+    recipe = ZooRecipe.model_validate_json((shipped.root / "recipe.json").read_text())
+    assert recipe == ZooRecipe() and recipe.digest() == shipped.root.name
     assert (shipped.clean / "model.safetensors").is_file()
     assert (shipped.corrupt / "adapter_model.safetensors").is_file()
 
