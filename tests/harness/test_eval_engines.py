@@ -395,26 +395,18 @@ def test_in_process_engine_takes_the_server_settings(tmp_path):
         engine_kwargs(ServerSpec("m", "c", ServeConfig(data_parallel_size=2)), gpu=False)
 
 
-def test_the_models_of_one_engine_answer_together_the_base_through_zeros(tmp_path, pair):
-    from safetensors.torch import load_file
-
-    from harness.inprocess import ZERO_MODULE, InProcessEngines
+def test_only_lora_modules_of_one_engine_answer_together(tmp_path, pair):
+    from harness.inprocess import InProcessEngines
 
     clean, adapter = pair
     second = save_random_adapter(clean, tmp_path / "second", seed=2)
     entries = resolve_models({"clean": str(clean), "v1": str(adapter), "v2": str(second)})
     engines = InProcessEngines(entries, ServeConfig(), tmp_path)
-    zero = engines.base_module["clean"]
-    assert zero.name == ZERO_MODULE and engines._lora("clean") == (ZERO_MODULE, 3, str(zero.path))
-    tensors = load_file(str(zero.path / "adapter_model.safetensors"))
-    assert tensors and all(not t.any() for t in tensors.values())  # every weight zero
-    assert set(tensors) == set(load_file(str(adapter / "adapter_model.safetensors")))
-    assert [name for name, _ in engines.siblings("clean")] == ["v1", "v2"]
-    assert engines.siblings("clean")[1][1] == ("v2", 2, str(second))
+    assert engines.siblings("clean") == []  # base rows beside LoRA rows changed its answers
+    assert [name for name, _ in engines.siblings("v1")] == ["v2"]
+    assert engines.siblings("v1")[0][1] == ("v2", 2, str(second))
     engines._started |= {"clean", "v1"}
     assert engines.siblings("v2") == []  # v1's run has begun: it asks for its own answers
-    alone = InProcessEngines(resolve_models({"clean": str(clean)}), ServeConfig(), tmp_path / "b")
-    assert alone._lora("clean") is None and alone.siblings("clean") == []
 
 
 def test_models_on_one_engine_answer_together_and_take_their_kept_answers(chat_tokenizer):
@@ -477,12 +469,3 @@ def test_models_on_one_engine_answer_together_and_take_their_kept_answers(chat_t
     # a request no sibling saw is generated for it (and its remaining siblings) as before
     new = [Instance("generate_until", {}, ("q9", {"until": ["\n"]}), idx=0)]
     assert second.generate_until(new)[0].startswith("v1:") and calls == [["v1", "v2"]]
-
-
-def test_only_the_models_an_engine_answers_for_ride_along(tmp_path, pair):
-    from harness.inprocess import InProcessEngines
-
-    clean, adapter = pair
-    entries = resolve_models({"clean": str(clean), "v1": str(adapter)})
-    engines = InProcessEngines(entries, ServeConfig(), tmp_path, evaluated={"v1"})
-    assert engines.siblings("v1") == []  # the base is on the engine but never asked for
