@@ -208,6 +208,7 @@ class TaskScorer:
 
     def __init__(self, plan: TaskPlan):
         self.plan = plan
+        self._docs: dict[str, list[dict[str, Any]]] = {}  # each task's items, read once
 
     @functools.cached_property
     def _tasks(self) -> dict[str, Any]:
@@ -218,7 +219,9 @@ class TaskScorer:
         from lm_eval.api.instance import Instance
 
         lm_task = self._tasks[task]
-        doc = _docs(lm_task)[doc_id]
+        if task not in self._docs:
+            self._docs[task] = list(lm_task.eval_docs)
+        doc = self._docs[task][doc_id]
         instance = Instance("generate_until", doc, ("", {}), idx=0, metadata=(task, doc_id, 1))
         instance.resps = [response]
         ensemble = lm_task._filters[0]
@@ -226,8 +229,3 @@ class TaskScorer:
         values = lm_task.process_results(doc, [instance.filtered_resps[ensemble.name]])
         metric = scoring_metric(values)
         return metric, None if metric is None else float(values[metric])
-
-
-def _docs(lm_task: Any) -> list[dict[str, Any]]:
-    docs = lm_task.eval_docs
-    return docs if isinstance(docs, list) else list(docs)
