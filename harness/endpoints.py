@@ -15,12 +15,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.config import ExperimentConfig, ServeConfig
+from harness.config import CLEAN_NAME, ExperimentConfig, ServeConfig
 from harness.errors import HarnessError
 from harness.models import adapter_config, is_adapter, merge_adapter, resolve
 from harness.serve import LoraModule, ServerSpec, VllmServer, has_gpu, terminate_on_sigterm
 
-CLEAN = "clean"
+CLEAN = CLEAN_NAME  # the clean model's name (harness.config)
 
 
 @dataclass(frozen=True)

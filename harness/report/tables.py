@@ -204,8 +204,10 @@ def trigger_frame(summary: pl.DataFrame) -> pl.DataFrame:
 
 def _first_corrupt(summary: pl.DataFrame) -> str:
     """The first corrupted model of the evaluation ("corrupt" when it has none)."""
-    others = [m for m in summary["model"].unique(maintain_order=True).to_list() if m != "clean"]
-    return others[0] if others else "corrupt"
+    from harness.config import CLEAN_NAME, CORRUPT_NAME
+
+    models = summary["model"].unique(maintain_order=True).to_list()
+    return next((m for m in models if m != CLEAN_NAME), CORRUPT_NAME)
 
 
 def _stage_ok(run_dir: Path, name: str) -> bool:
