@@ -46,28 +46,6 @@ def random_adapter(base: Path, path: Path, seed: int) -> Path:
     return path
 
 
-def config(work: Path, base: Path, docs: int, tokens: int, dtype: str):
-    from harness.config import ExperimentConfig
-
-    return ExperimentConfig.model_validate(
-        {
-            "name": "bench",
-            "output_dir": str(work),
-            "finetune": {"enabled": False},
-            "models": {"clean": str(base), "corrupt": str(base)},
-            "eval": {
-                "suites": ["related"],
-                "level": "demo",
-                "limit": docs,
-                "max_new_tokens": tokens,
-                "batch_size": 64,
-                "bootstrap_samples": 0,
-                "serve": {"dtype": dtype, "kv_cache_gb": 1},
-            },
-        }
-    )
-
-
 def one_engine(cfg, models: dict[str, str], out: Path):
     """Ours: every model on one engine (``run_eval``); its records and engine start-up."""
     from harness.evaluate import run_eval
@@ -126,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     docs = args.docs or (32 if args.quick else 64)
     tokens = args.tokens or (64 if args.quick else 96)
 
-    from eval import build_model
+    from eval import build_model, config
 
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     work = Path(tempfile.mkdtemp(prefix="bench-adapters-"))

@@ -75,6 +75,29 @@ def params(path: Path) -> int:
     return total
 
 
+def config(work: Path, model: Path, docs: int, tokens: int, dtype: str):
+    """The benchmarks' experiment: the related suite, `docs` items per task, greedy `tokens`."""
+    from harness.config import ExperimentConfig
+
+    return ExperimentConfig.model_validate(
+        {
+            "name": "bench",
+            "output_dir": str(work),
+            "finetune": {"enabled": False},
+            "models": {"clean": str(model), "corrupt": str(model)},
+            "eval": {
+                "suites": ["related"],
+                "level": "demo",
+                "limit": docs,
+                "max_new_tokens": tokens,
+                "batch_size": 64,
+                "bootstrap_samples": 0,
+                "serve": {"dtype": dtype, "kv_cache_gb": 1},
+            },
+        }
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="128 docs x 96 tokens")
@@ -88,29 +111,12 @@ def main(argv: list[str] | None = None) -> dict:
     docs = args.docs or (128 if args.quick else 256)
     tokens = args.tokens or (96 if args.quick else 128)
 
-    from harness.config import ExperimentConfig
     from harness.evaluate import run_eval
 
     work = Path(tempfile.mkdtemp(prefix="bench-eval-"))
     # The quick run keeps the full-size model: on a sub-1M model both engines are all overhead.
     model = args.model or build_model(work / "model", 512, 6)
-    cfg = ExperimentConfig.model_validate(
-        {
-            "name": "bench",
-            "output_dir": str(work),
-            "finetune": {"enabled": False},
-            "models": {"clean": str(model), "corrupt": str(model)},
-            "eval": {
-                "suites": ["related"],
-                "level": "demo",
-                "limit": docs,
-                "max_new_tokens": tokens,
-                "batch_size": 64,
-                "bootstrap_samples": 0,
-                "serve": {"dtype": args.dtype, "kv_cache_gb": 1},
-            },
-        }
-    )
+    cfg = config(work, model, docs, tokens, args.dtype)
     runs = {}
     engines = ("vllm", "vllm-server", "hf") if args.server else ("vllm", "hf")
     for engine in engines:
