@@ -54,6 +54,7 @@ EVAL_CODE = (
     "harness.drift",
     "harness.judge",
     "harness.fidelity",
+    "harness.lm_tasks",
     "tasks.scoring",
     "tasks.fidelity",
     "tasks.evals.utils",
@@ -68,6 +69,7 @@ PATCHER_CODE = tuple(f"patchers.{name}" for name in PATCHER_MODULES)
 PATCH_CODE = (
     "harness.pipeline.patching",
     "harness.patch",
+    "harness.lm_tasks",  # an external task's patched texts are scored by its own metric
     "harness.report.stats",
     *PATCHER_CODE,
     "tasks.scoring",
