@@ -1,14 +1,16 @@
 """K LoRA adapters of one base: one engine for all of them against K separate runs, one run.
 
 Ours: ``run_eval`` with the clean base and the K adapters, served as LoRA modules of one
-in-process vLLM engine, the adapters' prompts batched together (``harness.inprocess``), the
-clean model evaluated too (work the baseline does not do). Baseline: what lm-eval does, one run
+in-process vLLM engine, every model's prompts batched together (``harness.inprocess``, with
+``harness.vllm_cpu``'s grouped LoRA ops on CPU), the clean model evaluated too (work the
+baseline does not do). Baseline: what lm-eval does, one run
 per adapter, each a process of its own starting its own engine with the base and that one
 adapter and evaluating it alone (lm-eval's vLLM backend serves one LoRA per run). Each side is
 timed from the start of its fresh Python process (imports included, as a user's command pays
 them) to its tables. Same suite, items and greedy settings; prints the wall-clock ratio (goal
-on 2 CPU cores: >= 2x), each side's seconds and engine start-ups, and whether every adapter's
-answers are the same on both sides.
+on 2 CPU cores: >= 2x), each side's seconds and engine start-ups, and the share of each
+adapter's answers that are the same on both sides (in bf16 a batch of another size rounds
+differently and a random model's near-tied greedy tokens may flip; fp32 gives 1.0).
 
     python bench/adapters.py --quick --json   # K = 4, 64 related items x 64 tokens
     python bench/adapters.py --quick --same-process   # both sides in this process: engines only
@@ -123,7 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
         separate[name], startups[name] = seconds, startup
         mine = ours.filter(ours["model"] == name).sort("task", "doc_id")
         theirs = records.sort("task", "doc_id")
-        same[name] = mine["response"].to_list() == theirs["response"].to_list()
+        pairs = zip(mine["response"], theirs["response"], strict=True)
+        same[name] = round(sum(a == b for a, b in pairs) / theirs.height, 3)
     result = {
         "one_engine_vs_separate": round(sum(separate.values()) / ours_seconds, 3),
         "one_engine_s": round(ours_seconds, 2),
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
         "separate_s": round(sum(separate.values()), 2),
         "separate_each_s": {n: round(s, 2) for n, s in separate.items()},
         "separate_startup_s": {n: round(s, 2) for n, s in startups.items()},
-        "answers_identical": same,
+        "answers_identical_share": same,
         "adapters": args.adapters,
         "models_on_one_engine": args.adapters + 1,
         "items_per_model": int((ours["model"] == "clean").sum()),

