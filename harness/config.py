@@ -9,14 +9,14 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from finetune.config import VARIANT_NAME, FinetuneConfig
 from harness.errors import ConfigError
-from patchers.names import Mode, Site
+from patchers.names import MAX_BATCH, Mode, Site
 from tasks.prompt_format import PromptFormat
 from tasks.records import SUITES, Suite
 
@@ -237,7 +237,32 @@ class PatchConfig(Strict):
         "passes; null: every item. The other checks see every item.",
     )
 
+    max_batch: int = Field(
+        MAX_BATCH,
+        ge=1,
+        description="Trajectories (prompt x layer x head) decoded together; lower it when a "
+        "batch does not fit in memory.",
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Ray actors that patch shards of the items at once, each loading the pair "
+        "once (one GPU each on GPUs); 1: this process, no Ray. The tables are the same.",
+    )
+    ray_address: str | None = Field(
+        None,
+        description="The Ray cluster for patch.workers > 1 ('auto', 'ray://head:10001'); null: "
+        "$RAY_ADDRESS, else a local one started for the stage.",
+    )
+
+    # how the work is spread, not what it computes: no reason to redo a finished stage
+    EXECUTION: ClassVar[frozenset[str]] = frozenset({"workers", "ray_address"})
+
     _layers = field_validator("layers")(layers_non_negative)
+
+    def result_settings(self) -> dict[str, Any]:
+        """The settings the patch tables depend on (what a stage fingerprint takes)."""
+        return self.model_dump(mode="json", exclude=set(self.EXECUTION))
 
     def requested_layers(self) -> list[int] | None:
         """The layers as the patcher takes them: None for every layer."""

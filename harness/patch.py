@@ -174,37 +174,72 @@ def run_patch(
 ) -> PatchOutputs:
     """Patch every question at the layers (and heads) of ``patch``, at ``sites`` (default:
     ``patch.sites``), generating at most ``max_new_tokens``; write the three tables atomically."""
-    from patchers import run_cmap
-
     check_out_dir(out_dir)
     prompt_ids = encode_prompts(models, questions, prompt_format)
-    layers, heads = patch.requested_layers(), patch.requested_heads()
-    steps, texts = [], []
-    for site in sites or patch.sites:
-        result = run_cmap(models.pair, prompt_ids, site=site, layers=layers,
-                          heads=heads if site == "head" else None,
-                          max_new_tokens=max_new_tokens, eos_token_ids=models.eos,
-                          mode=patch.mode)  # fmt: skip
-        steps.append(result.steps)
-        texts.append(texts_table(result.generations, models.tokenizer))
+    sites = list(sites or patch.sites)
+    tables = [patch_site(models, prompt_ids, patch, max_new_tokens, site) for site in sites]
+    spec = patch_spec(models.clean, models.corrupt, sites, patch, max_new_tokens, models.device,
+                      prompt_format)  # fmt: skip
+    return write_patch(out_dir, questions, prompt_ids, tables, spec)
+
+
+def patch_site(
+    models: LoadedModels,
+    prompt_ids: list[list[int]],
+    patch: PatchConfig,
+    max_new_tokens: int,
+    site: str,
+    batches: range | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One site's steps and texts tables; ``batches``: only those of the engine's batches (a
+    shard, ``harness.shards``), whose rows are the whole run's for them."""
+    from patchers import run_cmap
+
+    result = run_cmap(models.pair, prompt_ids, site=site, layers=patch.requested_layers(),
+                      heads=patch.requested_heads() if site == "head" else None,
+                      max_new_tokens=max_new_tokens, eos_token_ids=models.eos,
+                      mode=patch.mode, max_batch=patch.max_batch, batches=batches)  # fmt: skip
+    return result.steps, texts_table(result.generations, models.tokenizer)
+
+
+def patch_spec(
+    clean: str,
+    corrupt: str,
+    sites: Sequence[str],
+    patch: PatchConfig,
+    max_new_tokens: int,
+    device: str,
+    prompt_format: PromptFormat,
+) -> dict[str, Any]:
+    """What ``patch.json`` says made the tables."""
+    return {
+        "clean": clean,
+        "corrupt": corrupt,
+        "sites": list(sites),
+        "mode": patch.mode,
+        "max_new_tokens": max_new_tokens,
+        "dtype": patch.dtype,
+        "device": device,
+        "prompt_format": prompt_format.model_dump(),
+    }
+
+
+def write_patch(
+    out_dir: Path,
+    questions: list[str],
+    prompt_ids: list[list[int]],
+    tables: Sequence[tuple[pl.DataFrame, pl.DataFrame]],
+    spec: dict[str, Any],
+) -> PatchOutputs:
+    """The prompts table and every site's (steps, texts), written atomically."""
     prompts = pl.DataFrame(
         {"prompt_id": range(len(questions)), "prompt": questions, "prompt_ids": prompt_ids},
         schema={"prompt_id": pl.Int64, "prompt": pl.String, "prompt_ids": pl.List(pl.Int64)},
     )
-    steps_table, texts_table_ = pl.concat(steps), pl.concat(texts)
-    spec = {
-        "clean": models.clean,
-        "corrupt": models.corrupt,
-        "sites": list(sites or patch.sites),
-        "mode": patch.mode,
-        "max_new_tokens": max_new_tokens,
-        "dtype": models.dtype,
-        "device": models.device,
-        "prompt_format": prompt_format.model_dump(),
-    }
-    tables = {"prompts": prompts, "steps": steps_table, "texts": texts_table_}
-    write_tables(out_dir, tables, spec)
-    return PatchOutputs(out_dir, prompts, steps_table, texts_table_)
+    steps = pl.concat([site_steps for site_steps, _ in tables])
+    texts = pl.concat([site_texts for _, site_texts in tables])
+    write_tables(out_dir, {"prompts": prompts, "steps": steps, "texts": texts}, spec)
+    return PatchOutputs(out_dir, prompts, steps, texts)
 
 
 def run_screen(

@@ -16,6 +16,7 @@ from importlib import import_module
 # Loaded on first use, so that `patchers.names` (what configs validate against) needs no torch.
 _HOMES = {
     "CmapResult": "cmap",
+    "cmap_batches": "cmap",
     "run_cmap": "cmap",
     "PatchError": "errors",
     "attach": "hooks",

@@ -46,7 +46,7 @@ from patchers.errors import PatchError
 from patchers.hooks import attach
 from patchers.metrics import STEP_COLUMNS, step_metrics
 from patchers.models import ModelPair, bare, input_device
-from patchers.names import MODES, Mode
+from patchers.names import MAX_BATCH, MODES, Mode
 from patchers.sites import LAYOUTS, Layout, Target, decoder_layers, layout_of, resolve_targets
 
 GENERATION_SCHEMA = {
@@ -88,18 +88,36 @@ def run_cmap(
     max_new_tokens: int = 128,
     eos_token_ids: Iterable[int] = (),
     mode: Mode = "transient",
-    max_batch: int = 64,
+    max_batch: int = MAX_BATCH,
+    batches: range | None = None,
 ) -> CmapResult:
     """Patch every requested layer (and head) of the corrupted model into the clean one while
     generating greedily from each prompt; `layers`/`heads` None means all. At most `max_batch`
-    trajectories are decoded together. A model outside the family table is first checked
-    against the full-forward reference (`patchers.reference.self_test`)."""
+    trajectories are decoded together. `batches`: only those batches of the run (a shard;
+    `cmap_batches` counts them); their results are the whole run's rows for them, row for row.
+    A model outside the family table is first checked against the full-forward reference
+    (`patchers.reference.self_test`)."""
     engine = _Engine(pair, site)
     targets = resolve_targets(pair.clean.config, site, layers, heads, engine.layout)
     prompts = check_prompts(prompts_ids, pair.clean.config.vocab_size)
     _check_run(mode, max_new_tokens, max_batch)
     engine.check_generic(prompts[0], mode)
-    return engine.run(targets, prompts, max_new_tokens, eos_token_ids, mode, max_batch)
+    return engine.run(targets, prompts, max_new_tokens, eos_token_ids, mode, max_batch,
+                      batches=batches)  # fmt: skip
+
+
+def cmap_batches(
+    pair: ModelPair,
+    n_prompts: int,
+    *,
+    site: str = "resid_post",
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    max_batch: int = MAX_BATCH,
+) -> int:
+    """How many batches of `max_batch` trajectories `run_cmap` decodes for `n_prompts`."""
+    targets = resolve_targets(pair.clean.config, site, layers, heads, layout_of(pair.clean))
+    return -(-n_prompts * len(targets) // max_batch)
 
 
 def check_prompts(prompts_ids: Sequence[Sequence[int]], vocab_size: int) -> list[list[int]]:
@@ -182,14 +200,16 @@ class _Engine:
         mode: Mode,
         max_batch: int,
         forced: list[list[int]] | None = None,
+        batches: range | None = None,
     ) -> CmapResult:
         # Prompt-major, so that a batch holds every target of a prompt: they share its context.
         trajectories = [Trajectory(p, t) for p in range(len(prompts)) for t in targets]
         eos = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=self.device)
         steps, generations = [], []
         rows = {"patched": 0, "context": 0}
+        starts = range(0, len(trajectories), max_batch)
         with torch.inference_mode(), self.hooks({t.layer for t in targets}):
-            for start in range(0, len(trajectories), max_batch):
+            for start in starts if batches is None else starts[batches.start : batches.stop]:
                 chunk = trajectories[start : start + max_batch]
                 decoder = _Decoder(self, chunk, prompts, max_new_tokens, eos, mode, forced)
                 chunk_steps, chunk_tokens = decoder.run()

@@ -49,8 +49,10 @@ from harness.patch import (
     checks_summary,
     encode_prompts,
     load_models,
+    patch_spec,
     run_patch,
     sanity_checks,
+    write_patch,
 )
 from harness.records import correct_of
 from tasks.records import SUITES
@@ -300,29 +302,66 @@ def run_patch_stage(
         say("no items to patch (nothing flagged and no controls)")
         return write_merged(out, items, [], cfg, clean, eval_dir, spec, pl.DataFrame())
     device = device_for(patch.device)
-    models = load_models(
-        clean,
-        corrupt,
-        dtype=patch.dtype,
-        device=device,
-        trust_remote_code=cfg.models.trust_remote_code,
-        device_map=patch.device_map,
-    )
+    load = {
+        "dtype": patch.dtype,
+        "device": device,
+        "trust_remote_code": cfg.models.trust_remote_code,
+        "device_map": patch.device_map,
+    }
+    questions = items["question"].to_list()
+    todo = []
     for site in patch.sites:
-        site_dir = out / "sites" / site
-        if site_done(site_dir):
+        if site_done(out / "sites" / site):
             say(f"site {site}: complete, kept")
-            continue
+        else:
+            todo.append(site)
+            where = f"{device}, {patch.workers} Ray workers" if patch.workers > 1 else device
+            say(f"site {site}: {items.height} prompts, layers {patch.layers}, {limit} new tokens, "
+                f"{where}")  # fmt: skip
+    if todo and patch.workers > 1:
+        patch_on_ray(cfg, clean, corrupt, load, questions, todo, limit, out, say)
+    models = load_models(clean, corrupt, **load)
+    for site in todo if patch.workers == 1 else []:
+        site_dir = out / "sites" / site
         shutil.rmtree(site_dir, ignore_errors=True)
-        say(
-            f"site {site}: {items.height} prompts, layers {patch.layers}, {limit} new tokens, "
-            f"{device}"
-        )
-        run_patch(models, items["question"].to_list(), site_dir, patch, cfg.prompt, limit, [site])
+        run_patch(models, questions, site_dir, patch, cfg.prompt, limit, [site])
     checks = run_checks(models, items, cfg, limit, out)
     for entry in checks_summary(checks):
         (say if entry["status"] != "failed" else alarm)(check_line(entry))
     return write_merged(out, items, patch.sites, cfg, clean, eval_dir, spec, checks)
+
+
+def patch_on_ray(
+    cfg: ExperimentConfig,
+    clean: str,
+    corrupt: str,
+    load: dict[str, Any],
+    questions: list[str],
+    sites: list[str],
+    limit: int,
+    out: Path,
+    say: Callable[[str], None],
+) -> None:
+    """``sites`` patched in shards on Ray actors (``harness.shards``), each site's tables
+    written as the single-process run writes them."""
+    from transformers import AutoTokenizer
+
+    from harness.shards import patch_sites
+
+    tokenizer = AutoTokenizer.from_pretrained(clean, trust_remote_code=load["trust_remote_code"])
+    prompt_ids = [cfg.prompt.encode(tokenizer, q) for q in questions]
+
+    def write_site(site: str, tables: list[tuple[pl.DataFrame, pl.DataFrame]]) -> None:
+        site_dir = out / "sites" / site
+        shutil.rmtree(site_dir, ignore_errors=True)
+        steps = pl.concat([steps for steps, _ in tables])
+        texts = pl.concat([texts for _, texts in tables])
+        spec = patch_spec(clean, corrupt, [site], cfg.patch, limit, load["device"], cfg.prompt)
+        write_patch(site_dir, questions, prompt_ids, [(steps, texts)], spec)
+
+    patch_sites(sites, clean=clean, corrupt=corrupt, load=load, patch=cfg.patch,
+                prompt_ids=prompt_ids, limit=limit, shard_root=out / "shards",
+                write_site=write_site, say=say)  # fmt: skip
 
 
 def run_checks(

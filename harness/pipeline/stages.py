@@ -69,6 +69,7 @@ PATCHER_CODE = tuple(f"patchers.{name}" for name in PATCHER_MODULES)
 PATCH_CODE = (
     "harness.pipeline.patching",
     "harness.patch",
+    "harness.shards",
     "harness.lm_tasks",  # an external task's patched texts are scored by its own metric
     "harness.report.stats",
     *PATCHER_CODE,
@@ -337,7 +338,7 @@ def patch_stage(cfg: ExperimentConfig) -> Stage:
     return Stage(
         "patch",
         settings={
-            "patch": cfg.patch.model_dump(mode="json"),
+            "patch": cfg.patch.result_settings(),
             "prompt": cfg.prompt.model_dump(mode="json"),
         },
         run=run,
@@ -369,7 +370,7 @@ def analyze_stage(cfg: ExperimentConfig) -> Stage:
         "analyze",
         settings={
             "analyze": cfg.analyze.model_dump(mode="json"),
-            "patch": cfg.patch.model_dump(mode="json"),
+            "patch": cfg.patch.result_settings(),
             "prompt": cfg.prompt.model_dump(mode="json"),
         },
         run=run,
