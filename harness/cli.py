@@ -39,6 +39,13 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a config key, e.g. --set eval.limit=5 (repeatable)."),
 ]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="patch.ray_address: the Ray cluster of patch.workers ('auto', 'ray://head:10001'); "
+        "default: $RAY_ADDRESS, else a local one."
+    ),
+]
 VerboseOpt = Annotated[
     bool,
     typer.Option(
@@ -103,6 +110,7 @@ def run(
             help="Documents per task when evaluating saved fine-tuning checkpoints; 0: skip."
         ),
     ] = 20,
+    ray_address: RayAddressOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run an experiment end to end: fine-tune, serve, evaluate, flag, patch, report.
@@ -121,7 +129,8 @@ def run(
     from harness.pipeline.stages import STAGES
     from harness.preflight import check_experiment
 
-    cfg = load_config(config, overrides)
+    extra = [] if ray_address is None else [f"patch.ray_address={ray_address}"]
+    cfg = load_config(config, [*(overrides or []), *extra])
     check_experiment(cfg, force=force or (), until=until, stages=STAGES)
     if dry_run:
         import yaml
@@ -335,6 +344,10 @@ def patch(
     trust_remote_code: Annotated[
         bool | None, typer.Option(help="models.trust_remote_code: allow models' own code.")
     ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="patch.workers: Ray actors patching shards at once.")
+    ] = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Cross-model activation patching: corrupted activations into the clean model, per layer.
 
@@ -367,13 +380,23 @@ def patch(
             "dtype": dtype,
             "device": device,
             "mode": mode,
+            "workers": workers,
+            "ray_address": ray_address,
         },
     }
     cfg = experiment_from(config, overrides, flags)
     questions = read_prompts(prompt, prompts)
-    models = load_patch_pair(cfg)
     limit = cfg.patch.token_limit(cfg.eval.max_new_tokens)
-    outputs = run_patch(models, questions, out, cfg.patch, cfg.prompt, limit)
+    if cfg.patch.workers > 1:
+        from harness.shards import run_patch_on_ray
+
+        clean_ref, corrupt_ref, load = patch_load(cfg)
+        outputs = run_patch_on_ray(clean_ref, corrupt_ref, load, questions, out, cfg.patch,
+                                   cfg.prompt, limit, typer.echo)  # fmt: skip
+        models = load_patch_pair(cfg)  # for the checks
+    else:
+        models = load_patch_pair(cfg)
+        outputs = run_patch(models, questions, out, cfg.patch, cfg.prompt, limit)
     steps = outputs.steps
     defined = steps["cts"].is_not_null().mean() if steps.height else 0.0
     typer.echo(
@@ -430,12 +453,12 @@ def screen(
     )
 
 
-def load_patch_pair(cfg):
-    """The pair of an experiment's patch section, after every check that needs no weights."""
+def patch_load(cfg) -> tuple[str, str, dict]:
+    """The references of an experiment's patch pair and how to load it, after every check
+    that needs no weights."""
     from harness.endpoints import default_models
     from harness.errors import ConfigError
     from harness.models import resolve
-    from harness.patch import load_models
     from harness.pipeline.patching import device_for
     from harness.preflight import patch_problems
 
@@ -448,9 +471,21 @@ def load_patch_pair(cfg):
     problems = patch_problems(cfg, clean_ref)
     if problems:
         raise ConfigError("; ".join(problems))
-    return load_models(clean_ref, corrupt_ref, dtype=cfg.patch.dtype,
-                       device=device_for(cfg.patch.device), device_map=cfg.patch.device_map,
-                       trust_remote_code=cfg.models.trust_remote_code)  # fmt: skip
+    load = {
+        "dtype": cfg.patch.dtype,
+        "device": device_for(cfg.patch.device),
+        "device_map": cfg.patch.device_map,
+        "trust_remote_code": cfg.models.trust_remote_code,
+    }
+    return clean_ref, corrupt_ref, load
+
+
+def load_patch_pair(cfg):
+    """The pair of an experiment's patch section, after every check that needs no weights."""
+    from harness.patch import load_models
+
+    clean_ref, corrupt_ref, load = patch_load(cfg)
+    return load_models(clean_ref, corrupt_ref, **load)
 
 
 def _index_flag(text: str | None) -> str | list[int] | None:

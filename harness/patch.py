@@ -117,6 +117,16 @@ def encode_prompts(
     return [prompt_format.encode(models.tokenizer, q) for q in questions]
 
 
+def encode_questions(
+    clean: str, questions: Sequence[str], prompt_format: PromptFormat, trust_remote_code: bool
+) -> list[list[int]]:
+    """``encode_prompts`` with the clean model's tokenizer alone (no weights loaded)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(clean, trust_remote_code=trust_remote_code)
+    return [prompt_format.encode(tokenizer, q) for q in questions]
+
+
 @dataclass(frozen=True)
 class PatchOutputs:
     out_dir: Path

@@ -8,6 +8,7 @@ problem found is named in one ``ConfigError`` (exit code 2).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -189,6 +190,11 @@ def patch_problems(cfg: ExperimentConfig, clean: str | None = None) -> list[str]
     if not patch.enabled:
         return []
     problems = []
+    if patch.workers > 1 and importlib.util.find_spec("ray") is None:
+        problems.append(
+            f"patch.workers: {patch.workers} needs Ray, which is not installed "
+            "(pip install 'cmap-harness[ray]'), or set patch.workers: 1"
+        )
     if patch.heads is not None and "head" not in patch.sites:
         problems.append(
             f"patch.heads: set, but patch.sites ({', '.join(patch.sites)}) has no 'head' "

@@ -93,14 +93,14 @@ def ray_cluster(address: str | None) -> Iterator[Any]:
         raise HarnessError(
             "patch.workers > 1 needs Ray: pip install 'cmap-harness[ray]' (or set patch.workers: 1)"
         ) from None
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS") or None
     started = not ray.is_initialized()
     if started:
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      configure_logging=False)  # fmt: skip
-        except ConnectionError as exc:
-            raise HarnessError(f"no Ray cluster at {address}: {exc}") from None
+        except (ConnectionError, ValueError) as exc:
+            raise HarnessError(f"no Ray cluster at {address!r}: {exc}") from None
     try:
         yield ray
     finally:
@@ -118,11 +118,11 @@ def patch_sites(
     prompt_ids: list[list[int]],
     limit: int,
     shard_root: Path,
-    write_site: Callable[[str, list[tuple[pl.DataFrame, pl.DataFrame]]], None],
     say: Callable[[str], None],
-) -> None:
-    """Patch ``sites`` in shards on ``patch.workers`` Ray actors; ``write_site(site, tables)``
-    gets each site's shard tables in order once all are done."""
+) -> dict[str, tuple[pl.DataFrame, pl.DataFrame]]:
+    """Each site's (steps, texts), patched in shards on ``patch.workers`` Ray actors, the
+    finished shards kept under ``shard_root`` until the caller has written the tables."""
+    tables = {}
     with ray_cluster(patch.ray_address) as ray:
         gpu = load.get("device") == "cuda"
         cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -151,10 +151,12 @@ def patch_sites(
                     ids, patch, limit, site, s.batches
                 )
                 actors = _dispatch(ray, actors, todo, run, start, folder, site, say)
-                write_site(site, [read_shard(folder, s) for s in shards])
+                parts = [read_shard(folder, s) for s in shards]
+                tables[site] = (pl.concat([p[0] for p in parts]), pl.concat([p[1] for p in parts]))
         finally:
             for actor in actors:
                 ray.kill(actor)
+    return tables
 
 
 def _dispatch(ray, actors, todo, run, start, folder: Path, site: str, say) -> list[Any]:
@@ -227,3 +229,30 @@ def write_shard(folder: Path, shard: Shard, steps: pl.DataFrame, texts: pl.DataF
 def read_shard(folder: Path, shard: Shard) -> tuple[pl.DataFrame, pl.DataFrame]:
     steps, texts = _paths(folder, shard)
     return pl.read_parquet(steps), pl.read_parquet(texts)
+
+
+def run_patch_on_ray(
+    clean: str,
+    corrupt: str,
+    load: dict[str, Any],
+    questions: list[str],
+    out_dir: Path,
+    patch: Any,
+    prompt_format: Any,
+    limit: int,
+    say: Callable[[str], None],
+) -> Any:
+    """``harness.patch.run_patch`` on ``patch.workers`` Ray actors: the same three tables in
+    ``out_dir``; the shards wait in a hidden sibling until they are written."""
+    from harness.patch import check_out_dir, encode_questions, patch_spec, write_patch
+
+    check_out_dir(out_dir)
+    prompt_ids = encode_questions(clean, questions, prompt_format, load["trust_remote_code"])
+    shard_root = out_dir.with_name(f".{out_dir.name}.shards")
+    tables = patch_sites(patch.sites, clean=clean, corrupt=corrupt, load=load, patch=patch,
+                         prompt_ids=prompt_ids, limit=limit, shard_root=shard_root,
+                         say=say)  # fmt: skip
+    spec = patch_spec(clean, corrupt, patch.sites, patch, limit, load["device"], prompt_format)
+    outputs = write_patch(out_dir, questions, prompt_ids, [tables[s] for s in patch.sites], spec)
+    shutil.rmtree(shard_root, ignore_errors=True)
+    return outputs

@@ -48,6 +48,7 @@ from harness.patch import (
     check_line,
     checks_summary,
     encode_prompts,
+    encode_questions,
     load_models,
     patch_spec,
     run_patch,
@@ -344,24 +345,17 @@ def patch_on_ray(
 ) -> None:
     """``sites`` patched in shards on Ray actors (``harness.shards``), each site's tables
     written as the single-process run writes them."""
-    from transformers import AutoTokenizer
-
     from harness.shards import patch_sites
 
-    tokenizer = AutoTokenizer.from_pretrained(clean, trust_remote_code=load["trust_remote_code"])
-    prompt_ids = [cfg.prompt.encode(tokenizer, q) for q in questions]
-
-    def write_site(site: str, tables: list[tuple[pl.DataFrame, pl.DataFrame]]) -> None:
+    prompt_ids = encode_questions(clean, questions, cfg.prompt, load["trust_remote_code"])
+    tables = patch_sites(sites, clean=clean, corrupt=corrupt, load=load, patch=cfg.patch,
+                         prompt_ids=prompt_ids, limit=limit, shard_root=out / "shards",
+                         say=say)  # fmt: skip
+    for site, site_tables in tables.items():
         site_dir = out / "sites" / site
         shutil.rmtree(site_dir, ignore_errors=True)
-        steps = pl.concat([steps for steps, _ in tables])
-        texts = pl.concat([texts for _, texts in tables])
         spec = patch_spec(clean, corrupt, [site], cfg.patch, limit, load["device"], cfg.prompt)
-        write_patch(site_dir, questions, prompt_ids, [(steps, texts)], spec)
-
-    patch_sites(sites, clean=clean, corrupt=corrupt, load=load, patch=cfg.patch,
-                prompt_ids=prompt_ids, limit=limit, shard_root=out / "shards",
-                write_site=write_site, say=say)  # fmt: skip
+        write_patch(site_dir, questions, prompt_ids, [site_tables], spec)
 
 
 def run_checks(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
+import subprocess
 import sys
 import threading
 
@@ -140,6 +142,68 @@ def test_a_shard_that_fails_twice_fails_the_stage_naming_it(tmp_path, zoo, ray_c
                        r"2 times; last: .*outside the vocabulary"):  # fmt: skip
         patch_sites(["resid_post"], clean=str(zoo.clean), corrupt=str(zoo.corrupt),
                     load={"device": "cpu"}, patch=patch, prompt_ids=[[10**6]], limit=4,
-                    shard_root=tmp_path / "shards", write_site=lambda *a: None,
-                    say=said.append)  # fmt: skip
+                    shard_root=tmp_path / "shards", say=said.append)  # fmt: skip
     assert any("handing it out again" in line for line in said)
+
+
+def test_workers_without_ray_installed_fail_the_preflight(tmp_path, zoo, monkeypatch):
+    import importlib.util
+
+    from harness.preflight import patch_problems
+
+    find_spec = importlib.util.find_spec
+    hidden = lambda name, *a: None if name == "ray" else find_spec(name, *a)  # noqa: E731
+    monkeypatch.setattr(importlib.util, "find_spec", hidden)
+    problems = patch_problems(config(tmp_path, zoo, workers=2), str(zoo.clean))
+    assert problems == [
+        "patch.workers: 2 needs Ray, which is not installed (pip install 'cmap-harness[ray]'), "
+        "or set patch.workers: 1"
+    ]
+    assert patch_problems(config(tmp_path, zoo), str(zoo.clean)) == []
+
+
+@pytest.mark.slow
+def test_a_resumed_stage_keeps_the_finished_shards(tmp_path, zoo, ray_cluster, one_process):
+    patched(tmp_path, zoo, workers=2)
+    run = tmp_path / "canned"
+    shards = run / "patch" / "shards" / "resid_post"
+    (shards / "0003.texts.parquet").unlink()  # as if killed while shard 3 was written
+    shutil.rmtree(run / "patch" / "sites")
+    said = []
+    cfg = config(tmp_path, zoo, workers=2)
+    run_patch_stage(cfg, str(zoo.clean), str(zoo.corrupt), run / "eval", run / "patch",
+                    said.append)  # fmt: skip
+    assert any("site resid_post: 5 of 6 shards kept" in line for line in said), said
+    assert any("1 of 1 shards patched" in line for line in said), said
+    for name in TABLES:
+        assert pl.read_parquet(run / "patch" / f"{name}.parquet").equals(one_process[name])
+
+
+@pytest.mark.slow
+def test_harness_patch_with_workers_writes_the_same_generations(tmp_path, zoo):
+    """``harness patch --workers 2`` in a process of its own: a local Ray cluster for it."""
+    questions = ["Solve for x: 2x + 3 = 7", "If 3a - 1 = 5 what is a?", "What is 7 + 5?"]
+    (tmp_path / "q.txt").write_text("\n".join(questions))
+    common = [sys.executable, "-m", "harness.cli", "patch", "--clean", str(zoo.clean),
+              "--corrupt", str(zoo.corrupt), "--prompts", str(tmp_path / "q.txt"),
+              "--max-new-tokens", "12", "--set", "patch.max_batch=4"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local cluster
+    for out, extra in (("one", []), ("two", ["--workers", "2"])):
+        result = subprocess.run([*common, "--out", str(tmp_path / out), *extra], env=env,
+                                capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert "2 Ray workers ready" in result.stdout
+    one, two = (pl.read_parquet(tmp_path / o / "texts.parquet") for o in ("one", "two"))
+    assert two.equals(one)  # the tokens; the floats round by the processes' thread counts
+    assert not (tmp_path / ".two.shards").exists()
+
+
+def test_a_malformed_ray_address_is_one_line():
+    from harness.shards import ray_cluster
+
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        pytest.skip("this process already joined a cluster")
+    with pytest.raises(HarnessError, match="no Ray cluster at 'nonsense': Invalid address"):
+        with ray_cluster("nonsense"):
+            pass
