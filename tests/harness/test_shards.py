@@ -79,6 +79,17 @@ def test_without_ray_the_stage_says_so_in_one_line(tmp_path, zoo, monkeypatch):
         patched(tmp_path, zoo, workers=2)
 
 
+def test_a_malformed_ray_address_is_one_line():
+    """Before the module's cluster starts (tests run in file order)."""
+    from harness.shards import ray_cluster
+
+    ray = pytest.importorskip("ray")
+    assert not ray.is_initialized()
+    with pytest.raises(HarnessError, match="no Ray cluster at 'nonsense': Invalid address"), \
+            ray_cluster("nonsense"):  # fmt: skip
+        pass
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray = pytest.importorskip("ray")
@@ -196,14 +207,3 @@ def test_harness_patch_with_workers_writes_the_same_generations(tmp_path, zoo):
     one, two = (pl.read_parquet(tmp_path / o / "texts.parquet") for o in ("one", "two"))
     assert two.equals(one)  # the tokens; the floats round by the processes' thread counts
     assert not (tmp_path / ".two.shards").exists()
-
-
-def test_a_malformed_ray_address_is_one_line():
-    from harness.shards import ray_cluster
-
-    ray = pytest.importorskip("ray")
-    if ray.is_initialized():
-        pytest.skip("this process already joined a cluster")
-    with pytest.raises(HarnessError, match="no Ray cluster at 'nonsense': Invalid address"):
-        with ray_cluster("nonsense"):
-            pass
