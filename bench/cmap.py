@@ -39,6 +39,7 @@ import json
 import multiprocessing as mp
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -394,6 +395,51 @@ def zoo_row(args) -> dict:
     }
 
 
+def sharded_row(args) -> dict:
+    """The zoo pair's flagged prompts (resid_post, every layer) patched by `--workers` Ray
+    actors (`harness.shards`) beside one process, each from nothing loaded to its tables: the
+    sharded side pays the cluster's start and a model load per actor. One torch thread per
+    process on both sides, so the tables must be equal."""
+    import ray
+    import torch
+
+    from harness.config import PatchConfig
+    from harness.patch import load_models, patch_site
+    from harness.shards import patch_sites
+
+    torch.set_num_threads(1)
+    clean, corrupt = zoo_dirs()
+    ids, tokens = zoo_prompts(args), zoo_tokens()
+    patch = PatchConfig(workers=args.workers)
+    start = time.perf_counter()
+    one = patch_site(load_models(clean, corrupt), ids, patch, tokens, "resid_post")
+    single = time.perf_counter() - start
+    start = time.perf_counter()
+    ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
+    ray_start = time.perf_counter() - start
+    load = {"dtype": "float32", "device": "cpu", "trust_remote_code": False, "device_map": None}
+    with tempfile.TemporaryDirectory() as shards:
+        sharded_tables = patch_sites(["resid_post"], clean=clean, corrupt=corrupt, load=load,
+                                     patch=patch, prompt_ids=ids, limit=tokens,
+                                     shard_root=Path(shards), say=lambda _: None)  # fmt: skip
+    sharded = time.perf_counter() - start
+    ray.shutdown()
+    steps, texts = sharded_tables["resid_post"]
+    return {
+        "sharded_vs_single": round(single / sharded, 3),
+        "seconds": {
+            "single": round(single, 2),
+            "sharded": round(sharded, 2),
+            "ray_start": round(ray_start, 2),
+        },
+        "same_tables": steps.equals(one[0]) and texts.equals(one[1]),
+        "workers": args.workers,
+        "prompts": len(ids),
+        "trajectories": texts.height,
+        "max_new_tokens": tokens,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -415,6 +461,9 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: steady on a shared machine)"
     )
+    parser.add_argument(
+        "--workers", type=int, help="also the zoo row sharded over this many Ray actors"
+    )
     args = parser.parse_args()
     if args.quick:
         args.repeats = min(args.repeats, 2)
@@ -435,6 +484,12 @@ def main() -> None:
             report[shape] = random_row(row_args)
         if not args.json:
             print(shape, json.dumps(report[shape]), flush=True)
+    if args.workers:
+        missing = zoo_missing()
+        row_args = argparse.Namespace(**vars(args), shape="zoo")
+        report["sharded"] = {"skipped": missing} if missing else sharded_row(row_args)
+        if not args.json:
+            print("sharded", json.dumps(report["sharded"]), flush=True)
     report["setup"] = {
         "layers": args.layers,
         "prompt_len": args.prompt_len,
