@@ -92,7 +92,12 @@ class ServeConfig(Strict):
     kv_cache_gb: float | None = Field(None, gt=0, description="KV cache space on CPU (GiB).")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     tensor_parallel_size: int = Field(1, gt=0)
-    data_parallel_size: int = Field(1, gt=0)
+    data_parallel_size: int = Field(
+        1,
+        gt=0,
+        description="Engine replicas, each answering a part of every batch: in process one "
+        "engine per replica on Ray (tensor_parallel_size GPUs each); the server: vLLM's own.",
+    )
     startup_timeout_s: float = Field(600, gt=0)
 
 

@@ -25,11 +25,13 @@ already holds an answer never asks for the kept one; it is dropped with the engi
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 
 from harness import vllm_cpu
+from harness.cluster import split_evenly
 from harness.config import ServeConfig
 from harness.endpoints import ModelEntry, plan_servers, planned_tokenizers
 from harness.errors import HarnessError
@@ -51,13 +54,81 @@ class EngineError(HarnessError):
 
 
 def engine_kwargs(spec: ServerSpec, gpu: bool) -> dict[str, Any]:
-    """``vllm.LLM`` arguments: the server's engine arguments, one process only."""
+    """``vllm.LLM`` arguments: the server's engine arguments, one process only (replicas are
+    ``replica_engines``')."""
     kwargs = engine_args(spec, gpu)
     if kwargs.pop("data_parallel_size") > 1:
-        raise EngineError(
-            "data_parallel_size > 1 needs the server path: set eval.engine to vllm-server"
-        )
+        raise EngineError("data_parallel_size > 1: one engine per replica (replica_engines)")
     return kwargs
+
+
+class EngineReplica:
+    """A Ray actor's state: one in-process engine for ``spec``."""
+
+    def __init__(self, spec: ServerSpec, gpu: bool) -> None:
+        self._stack = ExitStack()
+        self.llm = self._stack.enter_context(vllm_engine(spec, gpu))
+
+    def generate(self, prompts: list[Any], params: Any, lora_request: Any) -> list[Any]:
+        return self.llm.generate(prompts, params, use_tqdm=False, lora_request=lora_request)
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+class Replicas:
+    """``data_parallel_size`` engines answering as one ``vllm.LLM``: ``generate`` gives each
+    replica a contiguous part of the prompts (with their parameters and LoRA requests) and
+    returns the outputs in the prompts' order. Greedy answers do not depend on the split."""
+
+    def __init__(self, ray: Any, actors: list[Any]) -> None:
+        self.ray, self.actors = ray, actors
+
+    def generate(self, prompts: list[Any], params: Any, use_tqdm: bool = False,
+                 lora_request: Any = None) -> list[Any]:  # fmt: skip
+        parts = split_evenly(len(prompts), len(self.actors))
+
+        def part(values: Any, rows: range) -> Any:  # per prompt, or one for all of them
+            return values[rows.start : rows.stop] if isinstance(values, list) else values
+
+        refs = [
+            actor.generate.remote(part(prompts, rows), part(params, rows), part(lora_request, rows))
+            for actor, rows in zip(self.actors, parts, strict=True)
+            if len(rows)
+        ]
+        return [out for outputs in self.ray.get(refs) for out in outputs]
+
+
+@contextmanager
+def replica_engines(spec: ServerSpec, gpu: bool) -> Iterator[Replicas]:
+    """``spec.settings.data_parallel_size`` in-process engines, each a Ray actor on
+    ``tensor_parallel_size`` GPUs (or an equal share of the CPUs, its threads bound to them).
+    Each replica's engine stays off Ray's placement groups (a vLLM Ray executor nested in an
+    actor deadlocks against its reservation: lm-evaluation-harness#3725)."""
+    from harness.cluster import ray_cluster
+
+    settings = spec.settings
+    count = settings.data_parallel_size
+    one = replace(spec, settings=settings.model_copy(update={"data_parallel_size": 1}))
+    with ray_cluster(None, "eval.serve.data_parallel_size > 1 (in process)") as ray:
+        actor_class = ray.remote(EngineReplica)
+        if gpu:
+            options = [{"num_gpus": settings.tensor_parallel_size}] * count
+        else:
+            share = max(1, int(ray.cluster_resources().get("CPU", 1)) // count)
+            options = [
+                {"num_cpus": share, "runtime_env": {"env_vars": {
+                    "VLLM_CPU_OMP_THREADS_BIND": f"{i * share}-{(i + 1) * share - 1}"}}}
+                for i in range(count)
+            ]  # fmt: skip
+        actors = [actor_class.options(**o).remote(one, gpu) for o in options]
+        try:
+            yield Replicas(ray, actors)
+        finally:
+            with contextlib.suppress(Exception):
+                ray.get([a.close.remote() for a in actors])
+            for actor in actors:
+                ray.kill(actor)
 
 
 @contextmanager
@@ -116,7 +187,9 @@ class InProcessEngines:
             return self._current[1]
         self.close()
         start = time.perf_counter()
-        llm = self._stack.enter_context(vllm_engine(self.specs[index], self.gpu))
+        spec = self.specs[index]
+        engine = replica_engines if spec.settings.data_parallel_size > 1 else vllm_engine
+        llm = self._stack.enter_context(engine(spec, self.gpu))
         self.startup_seconds += time.perf_counter() - start
         self._current = (index, llm)
         return llm

@@ -173,9 +173,16 @@ def check_experiment(
 
 
 def eval_problems(cfg: ExperimentConfig) -> list[str]:
-    """``eval.tasks`` that lm-eval does not know, or whose data cannot be loaded."""
+    """``eval.tasks`` that lm-eval does not know, or whose data cannot be loaded; in-process
+    replicas without Ray."""
     from harness.lm_tasks import plan_eval
 
+    replicas = cfg.eval.serve.data_parallel_size
+    if cfg.eval.engine == "vllm" and replicas > 1 and importlib.util.find_spec("ray") is None:
+        return [
+            f"eval.serve.data_parallel_size: {replicas} in process needs Ray, which is not "
+            "installed (pip install 'cmap-harness[ray]'), or set eval.engine: vllm-server"
+        ]
     try:
         plan_eval(cfg.eval)
     except ConfigError as err:

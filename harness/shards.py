@@ -18,19 +18,18 @@ on a shared filesystem (or a hub id each node can load).
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from harness.cluster import ray_cluster, split_evenly
 from harness.errors import HarnessError
 
 SHARDS_PER_WORKER = 4  # small enough to balance uneven shards and to lose little on a failure
@@ -51,8 +50,7 @@ def plan_shards(n_batches: int, workers: int) -> list[Shard]:
     """Contiguous, near-equal ranges of the ``n_batches`` batches, ``SHARDS_PER_WORKER`` per
     worker at most and never empty."""
     count = max(1, min(n_batches, workers * SHARDS_PER_WORKER))
-    bounds = [round(i * n_batches / count) for i in range(count + 1)]
-    return [Shard(i, range(a, b)) for i, (a, b) in enumerate(itertools.pairwise(bounds))]
+    return [Shard(i, batches) for i, batches in enumerate(split_evenly(n_batches, count))]
 
 
 class PatchWorker:
@@ -83,31 +81,6 @@ class PatchWorker:
         return patch_site(self.models, prompt_ids, patch, limit, site, batches)
 
 
-@contextmanager
-def ray_cluster(address: str | None) -> Iterator[Any]:
-    """The ``ray`` module, connected: to ``address``, ``$RAY_ADDRESS``, the cluster this
-    process joined, or a local one (stopped when the block ends)."""
-    try:
-        import ray
-    except ImportError:
-        raise HarnessError(
-            "patch.workers > 1 needs Ray: pip install 'cmap-harness[ray]' (or set patch.workers: 1)"
-        ) from None
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    started = not ray.is_initialized()
-    if started:
-        try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)  # fmt: skip
-        except (ConnectionError, ValueError) as exc:
-            raise HarnessError(f"no Ray cluster at {address!r}: {exc}") from None
-    try:
-        yield ray
-    finally:
-        if started:
-            ray.shutdown()
-
-
 def patch_sites(
     sites: Sequence[str],
     *,
@@ -123,7 +96,7 @@ def patch_sites(
     """Each site's (steps, texts), patched in shards on ``patch.workers`` Ray actors, the
     finished shards kept under ``shard_root`` until the caller has written the tables."""
     tables = {}
-    with ray_cluster(patch.ray_address) as ray:
+    with ray_cluster(patch.ray_address, "patch.workers > 1") as ray:
         gpu = load.get("device") == "cuda"
         cpus = int(ray.cluster_resources().get("CPU", 1))
         threads = 1 if gpu else max(1, cpus // patch.workers)

@@ -391,7 +391,7 @@ def test_in_process_engine_takes_the_server_settings(tmp_path):
     assert cpu["enable_lora"] and cpu["max_lora_rank"] == 16 and cpu["max_model_len"] == 512
     assert not cpu["trust_remote_code"]
     assert engine_kwargs(spec, gpu=True)["gpu_memory_utilization"] == 0.9
-    with pytest.raises(EngineError, match="vllm-server"):
+    with pytest.raises(EngineError, match="one engine per replica"):
         engine_kwargs(ServerSpec("m", "c", ServeConfig(data_parallel_size=2)), gpu=False)
 
 

@@ -75,18 +75,19 @@ def test_batches_of_a_run_are_its_rows(zoo):
 
 def test_without_ray_the_stage_says_so_in_one_line(tmp_path, zoo, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
-    with pytest.raises(HarnessError, match=r"patch.workers > 1 needs Ray: pip install"):
+    needs = r"patch.workers > 1 needs Ray: pip install 'cmap-harness\[ray\]'"
+    with pytest.raises(HarnessError, match=needs):
         patched(tmp_path, zoo, workers=2)
 
 
 def test_a_malformed_ray_address_is_one_line():
     """Before the module's cluster starts (tests run in file order)."""
-    from harness.shards import ray_cluster
+    from harness.cluster import ray_cluster
 
     ray = pytest.importorskip("ray")
     assert not ray.is_initialized()
     with pytest.raises(HarnessError, match="no Ray cluster at 'nonsense': Invalid address"), \
-            ray_cluster("nonsense"):  # fmt: skip
+            ray_cluster("nonsense", "patch.workers > 1"):  # fmt: skip
         pass
 
 
