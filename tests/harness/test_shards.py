@@ -140,7 +140,7 @@ def test_an_actor_killed_mid_shard_is_replaced_and_the_tables_are_the_same(
         if "Ray workers ready" in line and not killed:
             pid = int(re.search(r"pids (\d+)", line).group(1))
             killed.append(pid)  # while it patches its first shard
-            threading.Timer(0.3, os.kill, (pid, signal.SIGKILL)).start()
+            threading.Timer(0.05, os.kill, (pid, signal.SIGKILL)).start()
 
     tables = patched(tmp_path, zoo, say=kill_a_worker_once, workers=2)
     assert killed and any("handing it out again" in line for line in said), said
