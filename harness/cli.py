@@ -391,8 +391,9 @@ def patch(
         from harness.shards import run_patch_on_ray
 
         clean_ref, corrupt_ref, load = patch_load(cfg)
-        outputs = run_patch_on_ray(clean_ref, corrupt_ref, load, questions, out, cfg.patch,
-                                   cfg.prompt, limit, typer.echo)  # fmt: skip
+        [outputs] = run_patch_on_ray(clean_ref, corrupt_ref, load, questions, cfg.patch,
+                                     cfg.prompt, limit, {out: cfg.patch.sites},
+                                     out.with_name(f".{out.name}.shards"), typer.echo)  # fmt: skip
         models = load_patch_pair(cfg)  # for the checks
     else:
         models = load_patch_pair(cfg)

@@ -67,14 +67,6 @@ class PatchWorker:
     def pid(self) -> int:
         return os.getpid()
 
-    def batches(self, n_prompts: int, site: str, patch: Any) -> int:
-        from patchers import cmap_batches
-
-        heads = patch.requested_heads() if site == "head" else None
-        return cmap_batches(self.models.pair, n_prompts, site=site,
-                            layers=patch.requested_layers(), heads=heads,
-                            max_batch=patch.max_batch)  # fmt: skip
-
     def patch(self, prompt_ids, patch, limit: int, site: str, batches: range):
         from harness.patch import patch_site
 
@@ -95,6 +87,13 @@ def patch_sites(
 ) -> dict[str, tuple[pl.DataFrame, pl.DataFrame]]:
     """Each site's (steps, texts), patched in shards on ``patch.workers`` Ray actors, the
     finished shards kept under ``shard_root`` until the caller has written the tables."""
+    from transformers import AutoConfig
+
+    from patchers import cmap_batches
+
+    trust = load.get("trust_remote_code", False)
+    config = AutoConfig.from_pretrained(clean, trust_remote_code=trust)  # no weights here
+    heads = lambda site: patch.requested_heads() if site == "head" else None  # noqa: E731
     tables = {}
     with ray_cluster(patch.ray_address, "patch.workers > 1") as ray:
         gpu = load.get("device") == "cuda"
@@ -114,7 +113,10 @@ def patch_sites(
                 f"{', '.join(map(str, pids))})")  # fmt: skip
             ids = ray.put(prompt_ids)
             for site in sites:
-                n_batches = ray.get(actors[0].batches.remote(len(prompt_ids), site, patch))
+                n_batches = cmap_batches(config, len(prompt_ids), site=site,
+                                         layers=patch.requested_layers(), heads=heads(site),
+                                         max_batch=patch.max_batch,
+                                         trust_remote_code=trust)  # fmt: skip
                 shards = plan_shards(n_batches, patch.workers)
                 folder = shard_folder(shard_root / site, shards)
                 todo = [s for s in shards if not shard_done(folder, s)]
@@ -209,23 +211,30 @@ def run_patch_on_ray(
     corrupt: str,
     load: dict[str, Any],
     questions: list[str],
-    out_dir: Path,
     patch: Any,
     prompt_format: Any,
     limit: int,
+    outputs: dict[Path, Sequence[str]],
+    shard_root: Path,
     say: Callable[[str], None],
-) -> Any:
-    """``harness.patch.run_patch`` on ``patch.workers`` Ray actors: the same three tables in
-    ``out_dir``; the shards wait in a hidden sibling until they are written."""
+) -> list[Any]:
+    """``harness.patch.run_patch`` on ``patch.workers`` Ray actors: each directory of
+    ``outputs`` gets its sites' three tables, as the single-process run writes them (one
+    directory for all sites in ``harness patch``, one per site in the pipeline's stage); the
+    shards wait under ``shard_root`` until every table is written."""
     from harness.patch import check_out_dir, encode_questions, patch_spec, write_patch
 
-    check_out_dir(out_dir)
+    for out_dir in outputs:
+        check_out_dir(out_dir)
     prompt_ids = encode_questions(clean, questions, prompt_format, load["trust_remote_code"])
-    shard_root = out_dir.with_name(f".{out_dir.name}.shards")
-    tables = patch_sites(patch.sites, clean=clean, corrupt=corrupt, load=load, patch=patch,
+    sites = [site for out_sites in outputs.values() for site in out_sites]
+    tables = patch_sites(sites, clean=clean, corrupt=corrupt, load=load, patch=patch,
                          prompt_ids=prompt_ids, limit=limit, shard_root=shard_root,
                          say=say)  # fmt: skip
-    spec = patch_spec(clean, corrupt, patch.sites, patch, limit, load["device"], prompt_format)
-    outputs = write_patch(out_dir, questions, prompt_ids, [tables[s] for s in patch.sites], spec)
+    written = []
+    for out_dir, out_sites in outputs.items():
+        spec = patch_spec(clean, corrupt, out_sites, patch, limit, load["device"], prompt_format)
+        site_tables = [tables[site] for site in out_sites]
+        written.append(write_patch(out_dir, questions, prompt_ids, site_tables, spec))
     shutil.rmtree(shard_root, ignore_errors=True)
-    return outputs
+    return written

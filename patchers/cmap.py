@@ -47,7 +47,15 @@ from patchers.hooks import attach
 from patchers.metrics import STEP_COLUMNS, step_metrics
 from patchers.models import ModelPair, bare, input_device
 from patchers.names import MAX_BATCH, MODES, Mode
-from patchers.sites import LAYOUTS, Layout, Target, decoder_layers, layout_of, resolve_targets
+from patchers.sites import (
+    LAYOUTS,
+    Layout,
+    Target,
+    decoder_layers,
+    layout_for_config,
+    layout_of,
+    resolve_targets,
+)
 
 GENERATION_SCHEMA = {
     "prompt_id": pl.Int64,
@@ -107,16 +115,19 @@ def run_cmap(
 
 
 def cmap_batches(
-    pair: ModelPair,
+    config,
     n_prompts: int,
     *,
     site: str = "resid_post",
     layers: Sequence[int] | None = None,
     heads: Sequence[int] | None = None,
     max_batch: int = MAX_BATCH,
+    trust_remote_code: bool = False,
 ) -> int:
-    """How many batches of `max_batch` trajectories `run_cmap` decodes for `n_prompts`."""
-    targets = resolve_targets(pair.clean.config, site, layers, heads, layout_of(pair.clean))
+    """How many batches of `max_batch` trajectories `run_cmap` decodes for `n_prompts` on the
+    clean model of `config`: from the config alone, before (or without) any weights."""
+    layout = layout_for_config(config, trust_remote_code)
+    targets = resolve_targets(config, site, layers, heads, layout)
     return -(-n_prompts * len(targets) // max_batch)
 
 

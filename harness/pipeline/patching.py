@@ -48,12 +48,9 @@ from harness.patch import (
     check_line,
     checks_summary,
     encode_prompts,
-    encode_questions,
     load_models,
-    patch_spec,
     run_patch,
     sanity_checks,
-    write_patch,
 )
 from harness.records import correct_of
 from tasks.records import SUITES
@@ -320,7 +317,13 @@ def run_patch_stage(
             say(f"site {site}: {items.height} prompts, layers {patch.layers}, {limit} new tokens, "
                 f"{where}")  # fmt: skip
     if todo and patch.workers > 1:
-        patch_on_ray(cfg, clean, corrupt, load, questions, todo, limit, out, say)
+        from harness.shards import run_patch_on_ray
+
+        site_dirs = {out / "sites" / site: [site] for site in todo}
+        for site_dir in site_dirs:
+            shutil.rmtree(site_dir, ignore_errors=True)
+        run_patch_on_ray(clean, corrupt, load, questions, patch, cfg.prompt, limit, site_dirs,
+                         out / "shards", say)  # fmt: skip
     models = load_models(clean, corrupt, **load)
     for site in todo if patch.workers == 1 else []:
         site_dir = out / "sites" / site
@@ -330,32 +333,6 @@ def run_patch_stage(
     for entry in checks_summary(checks):
         (say if entry["status"] != "failed" else alarm)(check_line(entry))
     return write_merged(out, items, patch.sites, cfg, clean, eval_dir, spec, checks)
-
-
-def patch_on_ray(
-    cfg: ExperimentConfig,
-    clean: str,
-    corrupt: str,
-    load: dict[str, Any],
-    questions: list[str],
-    sites: list[str],
-    limit: int,
-    out: Path,
-    say: Callable[[str], None],
-) -> None:
-    """``sites`` patched in shards on Ray actors (``harness.shards``), each site's tables
-    written as the single-process run writes them."""
-    from harness.shards import patch_sites
-
-    prompt_ids = encode_questions(clean, questions, cfg.prompt, load["trust_remote_code"])
-    tables = patch_sites(sites, clean=clean, corrupt=corrupt, load=load, patch=cfg.patch,
-                         prompt_ids=prompt_ids, limit=limit, shard_root=out / "shards",
-                         say=say)  # fmt: skip
-    for site, site_tables in tables.items():
-        site_dir = out / "sites" / site
-        shutil.rmtree(site_dir, ignore_errors=True)
-        spec = patch_spec(clean, corrupt, [site], cfg.patch, limit, load["device"], cfg.prompt)
-        write_patch(site_dir, questions, prompt_ids, [site_tables], spec)
 
 
 def run_checks(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -65,7 +64,7 @@ def test_batches_of_a_run_are_its_rows(zoo):
     pair = load_pair(str(zoo.clean), str(zoo.corrupt))
     prompts = [[5, 6, 7, 8], [9, 10, 11], [12, 13, 14, 15, 16]]
     kwargs = {"layers": [0, 1, 3], "max_new_tokens": 6, "max_batch": 2}
-    n = cmap_batches(pair, len(prompts), layers=[0, 1, 3], max_batch=2)
+    n = cmap_batches(pair.clean.config, len(prompts), layers=[0, 1, 3], max_batch=2)
     assert n == 5  # 9 trajectories, 2 at a time
     whole = run_cmap(pair, prompts, **kwargs)
     parts = [run_cmap(pair, prompts, batches=r, **kwargs) for r in (range(0, 2), range(2, 5))]
@@ -179,13 +178,20 @@ def test_workers_without_ray_installed_fail_the_preflight(tmp_path, zoo, monkeyp
     assert patch_problems(config(tmp_path, zoo), str(zoo.clean)) == []
 
 
+class Interrupted(Exception):
+    """Stands for the driver dying mid-stage."""
+
+
 @pytest.mark.slow
 def test_a_resumed_stage_keeps_the_finished_shards(tmp_path, zoo, ray_cluster, one_process):
-    patched(tmp_path, zoo, workers=2)
+    def interrupt_after_five(line: str) -> None:
+        if "5 of 6 shards patched" in line:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        patched(tmp_path, zoo, say=interrupt_after_five, workers=2)
     run = tmp_path / "canned"
-    shards = run / "patch" / "shards" / "resid_post"
-    (shards / "0003.texts.parquet").unlink()  # as if killed while shard 3 was written
-    shutil.rmtree(run / "patch" / "sites")
+    assert not (run / "patch" / "sites" / "resid_post").exists()
     said = []
     cfg = config(tmp_path, zoo, workers=2)
     run_patch_stage(cfg, str(zoo.clean), str(zoo.corrupt), run / "eval", run / "patch",
@@ -194,6 +200,7 @@ def test_a_resumed_stage_keeps_the_finished_shards(tmp_path, zoo, ray_cluster, o
     assert any("1 of 1 shards patched" in line for line in said), said
     for name in TABLES:
         assert pl.read_parquet(run / "patch" / f"{name}.parquet").equals(one_process[name])
+    assert not (run / "patch" / "shards").exists()  # written into the site's tables
 
 
 @pytest.mark.slow
