@@ -99,6 +99,14 @@ class ServeConfig(Strict):
         "engine per replica on Ray (tensor_parallel_size GPUs each); the server: vLLM's own.",
     )
     startup_timeout_s: float = Field(600, gt=0)
+    enforce_eager: bool | None = Field(
+        None,
+        description="vLLM's --enforce-eager (no torch.compile, no CUDA graphs). Null: vLLM's "
+        "default, except on CPU for an engine without LoRA modules, which runs eagerly: there "
+        "vLLM compiles for 15-40 s at every engine start and decodes the zoo model 1.7x faster "
+        "after, which pays back only past about 250,000 generated tokens (vLLM already turns "
+        "compilation off for CPU engines with LoRA).",
+    )
 
 
 class TriggerConfig(Strict):

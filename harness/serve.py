@@ -99,6 +99,9 @@ def engine_args(spec: ServerSpec, gpu: bool) -> dict[str, Any]:
         # On CPU the memory-utilization flag reserves a share of all RAM and fails when other
         # processes hold memory; an explicit KV cache size avoids that check.
         args["kv_cache_memory_bytes"] = int((s.kv_cache_gb or DEFAULT_CPU_KV_CACHE_GB) * 2**30)
+    eager = s.enforce_eager if s.enforce_eager is not None else not gpu and not spec.loras
+    if eager:
+        args["enforce_eager"] = True
     if spec.loras:
         args |= {
             "enable_lora": True,

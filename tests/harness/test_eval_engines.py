@@ -395,6 +395,24 @@ def test_in_process_engine_takes_the_server_settings(tmp_path):
         engine_kwargs(ServerSpec("m", "c", ServeConfig(data_parallel_size=2)), gpu=False)
 
 
+def test_cpu_engines_without_lora_run_eagerly_unless_told_otherwise(tmp_path):
+    """vLLM compiles a CPU engine without LoRA for 15-40 s; with LoRA it never compiles."""
+    from harness.inprocess import engine_kwargs
+    from harness.serve import LoraModule, ServerSpec
+
+    def eager(gpu: bool, lora: bool, setting: bool | None = None) -> bool | None:
+        spec = ServerSpec("m", "clean", ServeConfig(enforce_eager=setting))
+        if lora:
+            spec.loras.append(LoraModule("corrupt", tmp_path, 8))
+        return engine_kwargs(spec, gpu=gpu).get("enforce_eager")
+
+    assert eager(gpu=False, lora=False) is True
+    assert eager(gpu=False, lora=True) is None  # vLLM's own mode for LoRA engines on CPU
+    assert eager(gpu=True, lora=False) is None  # compiled, with CUDA graphs
+    assert eager(gpu=False, lora=False, setting=False) is None
+    assert eager(gpu=True, lora=True, setting=True) is True
+
+
 def test_the_models_of_one_engine_answer_together(tmp_path, pair):
     from harness.inprocess import InProcessEngines
 

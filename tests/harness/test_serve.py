@@ -49,6 +49,8 @@ def test_command_binds_localhost_and_sizes_the_cpu_kv_cache():
     assert "--trust-remote-code" not in cmd
     gpu_cmd = server_command(spec, 8123, gpu=True)
     assert "--gpu-memory-utilization" in gpu_cmd and "--kv-cache-memory-bytes" not in gpu_cmd
+    assert "--enforce-eager" not in cmd  # LoRA engines: vLLM's own mode
+    assert "--enforce-eager" in server_command(ServerSpec("m", "clean"), 8123, gpu=False)
 
 
 def process_group_alive(pgid: int) -> bool:
