@@ -75,7 +75,10 @@ def params(path: Path) -> int:
     return total
 
 
-def config(work: Path, model: Path, docs: int, tokens: int, dtype: str):
+EAGER = {"auto": None, "true": True, "false": False}  # eval.serve.enforce_eager
+
+
+def config(work: Path, model: Path, docs: int, tokens: int, dtype: str, eager: bool | None = None):
     """The benchmarks' experiment: the related suite, `docs` items per task, greedy `tokens`."""
     from harness.config import ExperimentConfig
 
@@ -92,7 +95,7 @@ def config(work: Path, model: Path, docs: int, tokens: int, dtype: str):
                 "max_new_tokens": tokens,
                 "batch_size": 64,
                 "bootstrap_samples": 0,
-                "serve": {"dtype": dtype, "kv_cache_gb": 1},
+                "serve": {"dtype": dtype, "kv_cache_gb": 1, "enforce_eager": eager},
             },
         }
     )
@@ -107,6 +110,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tokens", type=int)
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     parser.add_argument("--server", action="store_true", help="also time the server path")
+    parser.add_argument(
+        "--enforce-eager",
+        default="auto",
+        choices=list(EAGER),
+        help="eval.serve.enforce_eager (auto: eager on CPU, compiled on GPUs)",
+    )
     args = parser.parse_args(argv)
     docs = args.docs or (128 if args.quick else 256)
     tokens = args.tokens or (96 if args.quick else 128)
@@ -116,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench-eval-"))
     # The quick run keeps the full-size model: on a sub-1M model both engines are all overhead.
     model = args.model or build_model(work / "model", 512, 6)
-    cfg = config(work, model, docs, tokens, args.dtype)
+    cfg = config(work, model, docs, tokens, args.dtype, EAGER[args.enforce_eager])
     runs = {}
     engines = ("vllm", "vllm-server", "hf") if args.server else ("vllm", "hf")
     for engine in engines:
@@ -142,6 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
         "max_new_tokens": tokens,
         "model_params": params(Path(model)),
         "dtype": args.dtype,
+        "enforce_eager": args.enforce_eager,
     }
     if args.server:
         result["server_vs_hf"] = round(rate["vllm-server"] / rate["hf"], 3)

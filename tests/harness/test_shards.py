@@ -205,17 +205,24 @@ def test_a_resumed_stage_keeps_the_finished_shards(tmp_path, zoo, ray_cluster, o
 
 @pytest.mark.slow
 def test_harness_patch_with_workers_writes_the_same_generations(tmp_path, zoo):
-    """``harness patch --workers 2`` in a process of its own: a local Ray cluster for it."""
+    """``harness patch --workers 2`` in a process of its own (a local Ray cluster for it)
+    against ``harness patch`` in this one."""
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
     questions = ["Solve for x: 2x + 3 = 7", "If 3a - 1 = 5 what is a?", "What is 7 + 5?"]
     (tmp_path / "q.txt").write_text("\n".join(questions))
-    common = [sys.executable, "-m", "harness.cli", "patch", "--clean", str(zoo.clean),
-              "--corrupt", str(zoo.corrupt), "--prompts", str(tmp_path / "q.txt"),
-              "--max-new-tokens", "12", "--set", "patch.max_batch=4"]  # fmt: skip
+    common = ["patch", "--clean", str(zoo.clean), "--corrupt", str(zoo.corrupt),
+              "--prompts", str(tmp_path / "q.txt"), "--max-new-tokens", "12",
+              "--set", "patch.max_batch=4"]  # fmt: skip
+    alone = CliRunner().invoke(app, [*common, "--out", str(tmp_path / "one")])
+    assert alone.exit_code == 0, alone.output
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local cluster
-    for out, extra in (("one", []), ("two", ["--workers", "2"])):
-        result = subprocess.run([*common, "--out", str(tmp_path / out), *extra], env=env,
-                                capture_output=True, text=True, timeout=600)  # fmt: skip
-        assert result.returncode == 0, result.stderr[-2000:]
+    result = subprocess.run([sys.executable, "-m", "harness.cli", *common, "--out",
+                             str(tmp_path / "two"), "--workers", "2"], env=env,
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
     assert "2 Ray workers ready" in result.stdout
     one, two = (pl.read_parquet(tmp_path / o / "texts.parquet") for o in ("one", "two"))
     assert two.equals(one)  # the tokens; the floats round by the processes' thread counts

@@ -29,6 +29,7 @@ def test_two_variants_and_an_external_task_run_end_to_end(tmp_path, zoo):
         "name": "variants",
         "output_dir": str(out),
         "finetune.save_every": "null",  # no checkpoints: the progression stage is not the point
+        "finetune.data.n_train": "96",  # the variants' steps are the point, not their quality
         "finetune.variants": "{short: {epochs: 1}, long: {epochs: 2}}",
         "eval.limit": "4",
         "eval.tasks": "[mine]",
