@@ -1,7 +1,8 @@
 """The same suite through the vLLM path and lm-eval's HF backend, same model, one run.
 
-Prints samples/s for both, their ratio (goal on 2 CPU cores: vLLM >= 3x HF), the share of
-identical greedy outputs, and the engine start-up time apart from the evaluation. The vLLM path
+Prints samples/s for both, their ratio, the share of identical greedy outputs, and the engine
+start-up time apart from the evaluation (``--enforce-eager false``: the engine compiled, vLLM's
+CPU default, which starts 37-40 s slower and decodes faster; README). The vLLM path
 is the in-process engine (``eval.engine: vllm``); ``--server`` also times the OpenAI-server path.
 
 Both engines run in bfloat16 by default (``--dtype float32`` for parity): on a *random* model,
