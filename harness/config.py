@@ -285,6 +285,10 @@ class PatchConfig(Strict):
         """The heads as the patcher takes them: None for every head (or no head site)."""
         return None if self.heads in (None, "all") else list(self.heads)
 
+    def site_heads(self, site: str) -> list[int] | None:
+        """The heads to patch at ``site``: only the ``head`` site has any."""
+        return self.requested_heads() if site == "head" else None
+
     def token_limit(self, eval_max_new_tokens: int) -> int:
         """The patched generations' token limit: this config's, else the evaluation's."""
         return self.max_new_tokens if self.max_new_tokens is not None else eval_max_new_tokens

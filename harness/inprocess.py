@@ -40,7 +40,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 
 from harness import vllm_cpu
-from harness.cluster import split_evenly
+from harness.cluster import ray_cluster, split_evenly
 from harness.config import ServeConfig
 from harness.endpoints import ModelEntry, plan_servers, planned_tokenizers
 from harness.errors import HarnessError
@@ -105,8 +105,6 @@ def replica_engines(spec: ServerSpec, gpu: bool) -> Iterator[Replicas]:
     ``tensor_parallel_size`` GPUs (or an equal share of the CPUs, its threads bound to them).
     Each replica's engine stays off Ray's placement groups (a vLLM Ray executor nested in an
     actor deadlocks against its reservation: lm-evaluation-harness#3725)."""
-    from harness.cluster import ray_cluster
-
     settings = spec.settings
     count = settings.data_parallel_size
     one = replace(spec, settings=settings.model_copy(update={"data_parallel_size": 1}))

@@ -206,7 +206,7 @@ def patch_site(
     from patchers import run_cmap
 
     result = run_cmap(models.pair, prompt_ids, site=site, layers=patch.requested_layers(),
-                      heads=patch.requested_heads() if site == "head" else None,
+                      heads=patch.site_heads(site),
                       max_new_tokens=max_new_tokens, eos_token_ids=models.eos,
                       mode=patch.mode, max_batch=patch.max_batch, batches=batches)  # fmt: skip
     return result.steps, texts_table(result.generations, models.tokenizer)
@@ -274,15 +274,14 @@ def run_screen(
         raise HarnessError("no non-empty responses to force")
     prompt_ids = encode_prompts(models, [questions[i] for i in kept], prompt_format)
     forced = [models.tokenizer.encode(responses[i], add_special_tokens=False) for i in kept]
-    layers, heads = patch.requested_layers(), patch.requested_heads()
     steps = pl.concat(
         run_cmap_teacher_forced(
             models.pair,
             prompt_ids,
             forced,
             site=site,
-            layers=layers,
-            heads=heads if site == "head" else None,
+            layers=patch.requested_layers(),
+            heads=patch.site_heads(site),
             mode=patch.mode,
         )
         for site in patch.sites

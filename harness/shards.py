@@ -93,7 +93,6 @@ def patch_sites(
 
     trust = load.get("trust_remote_code", False)
     config = AutoConfig.from_pretrained(clean, trust_remote_code=trust)  # no weights here
-    heads = lambda site: patch.requested_heads() if site == "head" else None  # noqa: E731
     tables = {}
     with ray_cluster(patch.ray_address, "patch.workers > 1") as ray:
         gpu = load.get("device") == "cuda"
@@ -114,8 +113,8 @@ def patch_sites(
             ids = ray.put(prompt_ids)
             for site in sites:
                 n_batches = cmap_batches(config, len(prompt_ids), site=site,
-                                         layers=patch.requested_layers(), heads=heads(site),
-                                         max_batch=patch.max_batch,
+                                         layers=patch.requested_layers(),
+                                         heads=patch.site_heads(site), max_batch=patch.max_batch,
                                          trust_remote_code=trust)  # fmt: skip
                 shards = plan_shards(n_batches, patch.workers)
                 folder = shard_folder(shard_root / site, shards)

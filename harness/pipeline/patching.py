@@ -316,19 +316,17 @@ def run_patch_stage(
             where = f"{device}, {patch.workers} Ray workers" if patch.workers > 1 else device
             say(f"site {site}: {items.height} prompts, layers {patch.layers}, {limit} new tokens, "
                 f"{where}")  # fmt: skip
+    site_dirs = {out / "sites" / site: [site] for site in todo}
+    for site_dir in site_dirs:  # an interrupted attempt's
+        shutil.rmtree(site_dir, ignore_errors=True)
     if todo and patch.workers > 1:
         from harness.shards import run_patch_on_ray
 
-        site_dirs = {out / "sites" / site: [site] for site in todo}
-        for site_dir in site_dirs:
-            shutil.rmtree(site_dir, ignore_errors=True)
         run_patch_on_ray(clean, corrupt, load, questions, patch, cfg.prompt, limit, site_dirs,
                          out / "shards", say)  # fmt: skip
     models = load_models(clean, corrupt, **load)
-    for site in todo if patch.workers == 1 else []:
-        site_dir = out / "sites" / site
-        shutil.rmtree(site_dir, ignore_errors=True)
-        run_patch(models, questions, site_dir, patch, cfg.prompt, limit, [site])
+    for site_dir, sites in site_dirs.items() if patch.workers == 1 else []:
+        run_patch(models, questions, site_dir, patch, cfg.prompt, limit, sites)
     checks = run_checks(models, items, cfg, limit, out)
     for entry in checks_summary(checks):
         (say if entry["status"] != "failed" else alarm)(check_line(entry))
